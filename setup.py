@@ -1,0 +1,24 @@
+"""diffusion_tf: DDPM (Ho, Jain, Abbeel 2020) on TensorFlow 2."""
+from setuptools import find_packages, setup
+
+setup(
+    name='diffusion_tf',
+    version='2.0.0',
+    description='Denoising Diffusion Probabilistic Models, a faithful TensorFlow 2 port',
+    url='https://arxiv.org/abs/2006.11239',
+    packages=find_packages(include=['diffusion_tf', 'diffusion_tf.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'tensorflow>=2.16',
+        'tensorflow-datasets>=4.9',
+        'numpy>=1.24',
+        'scipy>=1.10',
+        'pillow>=9',
+        'fire>=0.5',
+        'tqdm>=4.60',
+        'scikit-learn>=1.2',  # ships the built-in 8x8 digits data set
+    ],
+    extras_require={
+        'test': ['pytest>=7', 'pytest-timeout>=2'],
+    },
+)
