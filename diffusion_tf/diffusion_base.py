@@ -1,0 +1,169 @@
+"""What the original's two diffusion modules share (§4): beta schedules, the Gaussian KL,
+the float64 tables of q, the forward process and the compiled sampling-loop driver.
+
+Timestep indices are 0-based: index ``t`` is the paper's step ``t + 1``.
+"""
+
+import collections
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+BETA_SCHEDULES = ('quad', 'linear', 'warmup10', 'warmup50', 'const', 'jsd')
+
+
+def _warmup_beta(beta_start, beta_end, num_diffusion_timesteps, warmup_frac):
+  betas = beta_end * np.ones(num_diffusion_timesteps, dtype=np.float64)
+  warmup_time = int(num_diffusion_timesteps * warmup_frac)
+  betas[:warmup_time] = np.linspace(beta_start, beta_end, warmup_time, dtype=np.float64)
+  return betas
+
+
+def get_beta_schedule(beta_schedule, *, beta_start, beta_end, num_diffusion_timesteps):
+  """float64 [T] betas of the named schedule (one of `BETA_SCHEDULES`)."""
+  T = num_diffusion_timesteps
+  if beta_schedule == 'quad':
+    betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2
+  elif beta_schedule == 'linear':
+    betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
+  elif beta_schedule == 'warmup10':
+    betas = _warmup_beta(beta_start, beta_end, T, 0.1)
+  elif beta_schedule == 'warmup50':
+    betas = _warmup_beta(beta_start, beta_end, T, 0.5)
+  elif beta_schedule == 'const':
+    betas = beta_end * np.ones(T, dtype=np.float64)
+  elif beta_schedule == 'jsd':  # 1/T, 1/(T-1), ..., 1: the last beta is 1 (alphas_cumprod[-1] = 0)
+    betas = 1. / np.linspace(T, 1, T, dtype=np.float64)
+  else:
+    raise NotImplementedError(beta_schedule)
+  assert betas.shape == (T,)
+  return betas
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+  """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats; broadcasts."""
+  return 0.5 * (-1.0 + logvar2 - logvar1 + tf.exp(logvar1 - logvar2)
+                + tf.math.squared_difference(mean1, mean2) * tf.exp(-logvar2))
+
+
+def noise_like(shape, noise_fn=tf.random.normal, repeat=False, dtype=tf.float32):
+  """``noise_fn(shape=shape)``, or (``repeat``) one draw shared by the whole batch."""
+  if repeat:
+    noise = noise_fn(shape=(1, *shape[1:]), dtype=dtype)
+    return tf.repeat(noise, shape[0], axis=0)
+  return noise_fn(shape=shape, dtype=dtype)
+
+
+class DiffusionTables:
+  """The float64 NumPy tables of the forward process q, computed once (§4.3).
+
+  Subclasses set ``posterior_log_variance_clipped`` (v1 and v2 differ at t=0).
+  """
+
+  def __init__(self, betas):
+    betas = np.asarray(betas, dtype=np.float64)
+    assert betas.ndim == 1, 'betas must be 1-D'
+    assert (betas > 0).all() and (betas <= 1).all(), 'betas must be in (0, 1]'
+    self.betas = betas
+    self.num_timesteps = int(betas.shape[0])
+
+    alphas = 1. - betas
+    self.alphas_cumprod = np.cumprod(alphas, axis=0)
+    self.alphas_cumprod_prev = np.append(1., self.alphas_cumprod[:-1])
+    assert self.alphas_cumprod_prev.shape == (self.num_timesteps,)
+
+    # q(x_t | x_0)
+    with np.errstate(divide='ignore'):  # the 'jsd' schedule reaches alphas_cumprod = 0
+      self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+      self.sqrt_one_minus_alphas_cumprod = np.sqrt(1. - self.alphas_cumprod)
+      self.log_one_minus_alphas_cumprod = np.log(1. - self.alphas_cumprod)
+      self.sqrt_recip_alphas_cumprod = np.sqrt(1. / self.alphas_cumprod)
+      self.sqrt_recipm1_alphas_cumprod = np.sqrt(1. / self.alphas_cumprod - 1)
+
+    # q(x_{t-1} | x_t, x_0); equal to 1 / (1 / (1 - ac_prev) + alpha_t / beta_t)
+    self.posterior_variance = betas * (1. - self.alphas_cumprod_prev) / (1. - self.alphas_cumprod)
+    self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1. - self.alphas_cumprod)
+    self.posterior_mean_coef2 = ((1. - self.alphas_cumprod_prev) * np.sqrt(alphas)
+                                 / (1. - self.alphas_cumprod))
+
+  @staticmethod
+  def _extract(a, t, x_shape, dtype=tf.float32):
+    """``a[t]`` for int [B] ``t``, cast to ``dtype`` and shaped [B, 1, 1, ...] like x."""
+    bs, = t.shape
+    assert x_shape[0] == bs or x_shape[0] is None or bs is None
+    out = tf.gather(tf.constant(np.asarray(a), dtype=dtype), t)
+    return tf.reshape(out, [-1] + [1] * (len(x_shape) - 1))
+
+  # --------------------------------------------------------------------------- forward process
+
+  def q_mean_variance(self, x_start, t):
+    """Mean [B,H,W,C], variance and log-variance [B,1,1,1] of q(x_t | x_0)."""
+    mean = self._extract(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
+    variance = self._extract(1. - self.alphas_cumprod, t, x_start.shape, x_start.dtype)
+    log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype)
+    return mean, variance, log_variance
+
+  def q_sample(self, x_start, t, noise=None):
+    """Diffuse the data: a sample of q(x_t | x_0), same shape as ``x_start``."""
+    if noise is None:
+      noise = tf.random.normal(shape=tf.shape(x_start), dtype=x_start.dtype)
+    assert noise.shape == x_start.shape
+    return (self._extract(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype)
+            * noise)
+
+  def q_posterior_mean_variance(self, x_start, x_t, t):
+    """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+    assert x_start.shape == x_t.shape
+    ex = functools.partial(self._extract, t=t, x_shape=x_t.shape, dtype=x_t.dtype)
+    posterior_mean = ex(self.posterior_mean_coef1) * x_start + ex(self.posterior_mean_coef2) * x_t
+    return posterior_mean, ex(self.posterior_variance), ex(self.posterior_log_variance_clipped)
+
+  def _predict_xstart_from_eps(self, x_t, t, eps):
+    assert x_t.shape == eps.shape
+    return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape, x_t.dtype) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape, x_t.dtype) * eps)
+
+  # --------------------------------------------------------------------------- loop driver
+
+  def _run_compiled(self, impl, static_args, tensor_args):
+    """Runs ``impl(*static_args, *tensor_args)`` as one compiled graph.
+
+    Called eagerly, the loop is wrapped in a `tf.function` (cached per static
+    arguments, so repeated calls with the same network do not retrace); inside a
+    graph it is inlined. Either way the T steps run inside a `tf.while_loop`, never as
+    T Python-dispatched steps.
+    """
+    if not tf.executing_eagerly():
+      return impl(*static_args, *tensor_args)
+    key = (impl.__name__,) + tuple(static_args)
+    try:
+      hash(key)
+    except TypeError:
+      key = None
+    fn = _COMPILED.get(key) if key is not None else None
+    if fn is None:
+      fn = tf.function(functools.partial(impl, *static_args))
+      if key is not None:
+        _COMPILED[key] = fn
+        while len(_COMPILED) > _COMPILED_MAX:
+          _COMPILED.popitem(last=False)
+    return fn(*tensor_args)
+
+
+_COMPILED = collections.OrderedDict()
+_COMPILED_MAX = 16
+
+
+def timestep_loop(num_steps, body, loop_vars):
+  """``for i in reversed(range(num_steps)): loop_vars = body(i, *loop_vars)`` as a while loop.
+
+  ``i`` is an int32 scalar tensor counting down to 0. Outputs carry no gradient.
+  """
+  i0 = tf.constant(num_steps - 1, dtype=tf.int32)
+  out = tf.while_loop(
+      cond=lambda i, *_: tf.greater_equal(i, 0),
+      body=lambda i, *vs: (i - 1,) + tuple(body(i, *vs)),
+      loop_vars=(i0,) + tuple(loop_vars))
+  return tuple(tf.stop_gradient(v) if isinstance(v, tf.Tensor) else v for v in out[1:])

@@ -1,0 +1,146 @@
+"""Gaussian diffusion, version 1 (original ``diffusion_utils.py``, §5), used by the
+CelebA-HQ and LSUN models: the network predicts the noise ('noisepred') and sampling uses
+the posterior variance beta~_t, with the log-variance floored at log(1e-20) at t = 0.
+
+Images are float [B, H, W, C] in [-1, 1]; ``t`` is an int [B] of 0-based timesteps.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from . import nn
+from .diffusion_base import (BETA_SCHEDULES, DiffusionTables, get_beta_schedule, noise_like,
+                             normal_kl, timestep_loop)
+
+__all__ = ['GaussianDiffusion', 'get_beta_schedule', 'normal_kl', 'noise_like', 'BETA_SCHEDULES']
+
+
+class GaussianDiffusion(DiffusionTables):
+  """Noise-prediction diffusion with posterior-variance sampling."""
+
+  def __init__(self, *, betas, loss_type, tf_dtype=tf.float32):
+    self.loss_type = loss_type
+    self.tf_dtype = tf_dtype
+    super().__init__(betas)
+    # The posterior variance is exactly 0 at t=0; v1 floors it before the log.
+    self.posterior_log_variance_clipped = np.log(np.maximum(self.posterior_variance, 1e-20))
+
+  def q_posterior(self, x_start, x_t, t):
+    """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+    return self.q_posterior_mean_variance(x_start, x_t, t)
+
+  def predict_start_from_noise(self, x_t, t, noise):
+    return self._predict_xstart_from_eps(x_t, t, noise)
+
+  def _check_loss_type(self):
+    if self.loss_type != 'noisepred':
+      raise NotImplementedError(f"loss_type={self.loss_type!r}: v1 diffusion supports only 'noisepred'")
+
+  def p_losses(self, denoise_fn, x_start, t, noise=None):
+    """Noise-prediction MSE per example, [B]."""
+    self._check_loss_type()
+    B, H, W, C = x_start.shape
+    assert t.shape == [B]
+    if noise is None:
+      noise = tf.random.normal(shape=tf.shape(x_start), dtype=x_start.dtype)
+    assert noise.shape == x_start.shape and noise.dtype == x_start.dtype
+    x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+    x_recon = denoise_fn(x_noisy, t)
+    assert x_noisy.shape == x_start.shape
+    assert x_recon.shape[:3] == [B, H, W] and len(x_recon.shape) == 4
+    # Predicting the noise weights the terms "naturally like SNR" (the original's remark).
+    losses = nn.meanflat(tf.math.squared_difference(tf.cast(noise, x_recon.dtype), x_recon))
+    assert losses.shape == [B]
+    return losses
+
+  def p_mean_variance(self, denoise_fn, *, x, t, clip_denoised: bool):
+    """Mean, posterior variance and clipped log-variance of p(x_{t-1} | x_t)."""
+    self._check_loss_type()
+    x_recon = self.predict_start_from_noise(x, t=t, noise=denoise_fn(x, t))
+    if clip_denoised:
+      x_recon = tf.clip_by_value(x_recon, -1., 1.)
+    model_mean, posterior_variance, posterior_log_variance = self.q_posterior(x_start=x_recon, x_t=x, t=t)
+    assert model_mean.shape == x_recon.shape == x.shape
+    assert posterior_variance.shape == posterior_log_variance.shape == [x.shape[0], 1, 1, 1]
+    return model_mean, posterior_variance, posterior_log_variance
+
+  def p_sample(self, denoise_fn, *, x, t, noise_fn, clip_denoised=True, repeat_noise=False):
+    """One ancestral step x_t -> x_{t-1}; no noise where t == 0; ``repeat_noise`` shares
+    one noise draw across the batch."""
+    model_mean, _, model_log_variance = self.p_mean_variance(denoise_fn, x=x, t=t,
+                                                             clip_denoised=clip_denoised)
+    noise = noise_like(x.shape, noise_fn, repeat_noise, dtype=x.dtype)
+    assert noise.shape == x.shape
+    nonzero_mask = tf.reshape(1 - tf.cast(tf.equal(t, 0), x.dtype), [x.shape[0]] + [1] * (len(x.shape) - 1))
+    return model_mean + nonzero_mask * tf.exp(0.5 * model_log_variance) * noise
+
+  def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal):
+    """T ancestral steps from x_T ~ N(0, I). Returns [B, H, W, C], not clipped."""
+    assert isinstance(shape, (tuple, list))
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, tuple(shape), noise_fn), ())
+
+  def _p_sample_loop(self, denoise_fn, shape, noise_fn):
+    def body(i, img):
+      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn),)
+    img, = timestep_loop(self.num_timesteps, body, (noise_fn(shape=shape, dtype=tf.float32),))
+    assert img.shape == shape
+    return img
+
+  def p_sample_loop_trajectory(self, denoise_fn, *, shape, noise_fn=tf.random.normal,
+                               repeat_noise_steps=-1):
+    """Sampling that records every intermediate image.
+
+    x_T is shared across the batch iff ``repeat_noise_steps >= 0``; the first
+    ``repeat_noise_steps`` steps share their noise across the batch too.
+    Returns (times int32 [T+1] = T-1, ..., 0, -1; imgs [T+1, B, H, W, C]) with
+    ``imgs[k+1] = p_sample(imgs[k], t=times[k])``.
+    """
+    assert isinstance(shape, (tuple, list))
+    return self._run_compiled(self._p_sample_loop_trajectory,
+                              (denoise_fn, tuple(shape), noise_fn, repeat_noise_steps), ())
+
+  def _p_sample_loop_trajectory(self, denoise_fn, shape, noise_fn, repeat_noise_steps):
+    T = self.num_timesteps
+    x_T = noise_like(shape, noise_fn, repeat=repeat_noise_steps >= 0)
+    imgs = tf.TensorArray(tf.float32, size=T + 1, element_shape=shape).write(0, x_T)
+
+    def body(i, img, imgs):
+      # Step k = T-1-i counts how many steps were taken; the first repeat_noise_steps share noise.
+      k = T - 1 - i
+      repeat = tf.less(k, repeat_noise_steps)
+      sample = lambda rep: self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i),
+                                         noise_fn=noise_fn, repeat_noise=rep)
+      img = tf.cond(repeat, lambda: sample(True), lambda: sample(False)) if repeat_noise_steps > 0 \
+          else sample(False)
+      return img, imgs.write(k + 1, img)
+
+    _, imgs = timestep_loop(T, body, (x_T, imgs))
+    times = tf.range(T - 1, -2, -1, dtype=tf.int32)
+    return times, imgs.stack()
+
+  def interpolate(self, denoise_fn, *, x1, x2, lam, t, noise_fn=tf.random.normal):
+    """Interpolate two images in the latent space of step ``t``.
+
+    Diffuses x1, x2 [B, H, W, C] to step ``t`` (int scalar) with independent noise, mixes
+    them linearly with ``lam`` (scalar in [0, 1]) and denoises from ``t`` back to 0.
+    Eager replacement for the original's placeholder-based graph. Returns [B, H, W, C].
+    """
+    x1 = tf.convert_to_tensor(x1, tf.float32)
+    x2 = tf.convert_to_tensor(x2, tf.float32)
+    assert x1.shape == x2.shape
+    return self._run_compiled(self._interpolate, (denoise_fn, noise_fn), (
+        x1, x2, tf.convert_to_tensor(lam, tf.float32), tf.convert_to_tensor(t, tf.int32)))
+
+  def _interpolate(self, denoise_fn, noise_fn, x1, x2, lam, t):
+    B = x1.shape[0]
+    t_batch = tf.fill([B], t)
+    xt1 = self.q_sample(x1, t=t_batch)
+    xt2 = self.q_sample(x2, t=t_batch)
+    x_interp = (1 - lam) * xt1 + lam * xt2  # linear mixing, as in the original
+
+    def body(i, img):
+      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([B], i), noise_fn=noise_fn),)
+
+    i0 = tf.identity(t)
+    _, out = tf.while_loop(lambda i, _: i >= 0, lambda i, img: (i - 1, *body(i, img)), (i0, x_interp))
+    return tf.stop_gradient(out)

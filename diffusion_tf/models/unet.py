@@ -1,0 +1,264 @@
+"""The DDPM U-Net (original §3) as a `tf.Module` with TF1 checkpoint variable names.
+
+    net = UNet(**MODEL_CONFIGS['unet2d16b2'], out_ch=3)
+    eps = net(x, t, training=False)   # x: float [B, 32, 32, 3] in [-1, 1], t: int [B]
+
+Variables are created on construction when ``resolution`` is given, otherwise on the
+first call; either way their names (without ``:0``) are the original's
+(``model/down_0/block_0/conv1/W``, ``model/mid/attn_1/q/W``, ...).
+"""
+
+import tensorflow as tf
+
+from .. import nn
+
+# Named configurations of the original scripts (out_ch comes from the caller).
+MODEL_CONFIGS = {
+    # CIFAR-10, 35.7M parameters.
+    'unet2d16b2': dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)),
+    # CelebA-HQ / LSUN 256x256, 114M parameters.
+    'unet2d16b2c112244': dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                              attn_resolutions=(16,)),
+    # Built-in digits data set (not in the original): small enough to train on a laptop CPU.
+    'unet_digits': dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,)),
+}
+
+
+def nonlinearity(x):
+  return tf.nn.silu(x)
+
+
+class ResnetBlock(tf.Module):
+  """GroupNorm-swish-conv, + temb projection, GroupNorm-swish-dropout-conv(zero init), + shortcut."""
+
+  def __init__(self, in_ch, out_ch, temb_ch, *, name, dropout, conv_shortcut=False):
+    super().__init__(name=name.replace('/', '_'))
+    self.dropout = dropout
+    self.norm1 = nn.GroupNorm(in_ch, name=name + '/norm1')
+    self.conv1 = nn.Conv2D(in_ch, out_ch, name=name + '/conv1')
+    self.temb_proj = nn.Dense(temb_ch, out_ch, name=name + '/temb_proj')
+    self.norm2 = nn.GroupNorm(out_ch, name=name + '/norm2')
+    self.conv2 = nn.Conv2D(out_ch, out_ch, name=name + '/conv2', init_scale=0.)
+    self.shortcut = None
+    if in_ch != out_ch:
+      # `conv_shortcut` is never set in the original; kept for completeness.
+      self.shortcut = (nn.Conv2D(in_ch, out_ch, name=name + '/conv_shortcut') if conv_shortcut
+                       else nn.NIN(in_ch, out_ch, name=name + '/nin_shortcut'))
+
+  def __call__(self, x, temb, training):
+    h = self.conv1(nonlinearity(self.norm1(x)))
+    h += self.temb_proj(nonlinearity(temb))[:, None, None, :]
+    h = nonlinearity(self.norm2(h))
+    if training and self.dropout > 0:
+      h = tf.nn.dropout(h, rate=self.dropout)
+    h = self.conv2(h)
+    if self.shortcut is not None:
+      x = self.shortcut(x)
+    return x + h
+
+
+class AttnBlock(tf.Module):
+  """Single-head self-attention over all H*W positions; no swish; residual from the input."""
+
+  def __init__(self, ch, *, name):
+    super().__init__(name=name.replace('/', '_'))
+    self.norm = nn.GroupNorm(ch, name=name + '/norm')
+    self.q = nn.NIN(ch, ch, name=name + '/q')
+    self.k = nn.NIN(ch, ch, name=name + '/k')
+    self.v = nn.NIN(ch, ch, name=name + '/v')
+    self.proj_out = nn.NIN(ch, ch, name=name + '/proj_out', init_scale=0.)
+
+  def __call__(self, x):
+    B, H, W, C = tf.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
+    h = tf.reshape(self.norm(x), [B, H * W, C])
+    q, k, v = self.q(h), self.k(h), self.v(h)
+    # w[b, i, j] = <q_i, k_j> / sqrt(C), softmax over all key positions j (in float32).
+    w = tf.matmul(q, k, transpose_b=True) * (int(C) ** (-0.5))
+    w = tf.cast(tf.nn.softmax(tf.cast(w, tf.float32), axis=-1), x.dtype)
+    h = self.proj_out(tf.matmul(w, v))
+    return x + tf.reshape(h, [B, H, W, C])
+
+
+class Downsample(tf.Module):
+  def __init__(self, ch, *, name, with_conv):
+    super().__init__(name=name.replace('/', '_'))
+    self.conv = nn.Conv2D(ch, ch, name=name + '/conv', stride=2) if with_conv else None
+
+  def __call__(self, x):
+    if self.conv is not None:
+      return self.conv(x)  # 'SAME' stride 2: pads bottom/right only, as in TF1
+    return tf.nn.avg_pool2d(x, 2, 2, 'SAME')
+
+
+class Upsample(tf.Module):
+  def __init__(self, ch, *, name, with_conv):
+    super().__init__(name=name.replace('/', '_'))
+    self.conv = nn.Conv2D(ch, ch, name=name + '/conv') if with_conv else None
+
+  def __call__(self, x):
+    # TF1 nearest resize with align_corners=True at exactly 2x is pixel duplication;
+    # broadcast+reshape computes it and (unlike resize's gradient) compiles under XLA.
+    B, H, W, C = tf.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
+    x = tf.broadcast_to(x[:, :, None, :, None, :], [B, H, 2, W, 2, C])
+    x = tf.reshape(x, [B, 2 * H, 2 * W, C])
+    return self.conv(x) if self.conv is not None else x
+
+
+class UNet(tf.Module):
+  """The original ``unet.model`` as an object. Call as ``net(x, t, training=False)``.
+
+  x: float [B, S, S, in_ch] in [-1, 1]; t: int [B] timesteps. Returns [B, S, S, out_ch].
+  """
+
+  def __init__(self, *, ch, out_ch, ch_mult=(1, 2, 4, 8), num_res_blocks, attn_resolutions,
+               dropout=0., resamp_with_conv=True, name='model', in_ch=None, resolution=None):
+    super().__init__(name=name.replace('/', '_'))
+    self.ch, self.out_ch, self.ch_mult = ch, out_ch, tuple(ch_mult)
+    self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
+    self.dropout, self.resamp_with_conv, self.scope = dropout, resamp_with_conv, name
+    self.in_ch, self.resolution = None, None
+    if resolution is not None:
+      self.build(in_ch or 3, resolution)
+
+  def build(self, in_ch, resolution):
+    """Creates every variable for inputs of shape [B, resolution, resolution, in_ch]."""
+    if self.resolution is not None:
+      if (in_ch, resolution) != (self.in_ch, self.resolution):
+        raise ValueError(f'UNet {self.scope!r} was built for {self.resolution}x{self.resolution}x'
+                         f'{self.in_ch} inputs, got {resolution}x{resolution}x{in_ch}')
+      return
+    s, ch, nrb, dropout = self.scope, self.ch, self.num_res_blocks, self.dropout
+    temb_ch = 4 * ch
+    with tf.init_scope():  # variables live outside any tf.function being traced
+      self.temb_dense0 = nn.Dense(ch, temb_ch, name=f'{s}/temb/dense0')
+      self.temb_dense1 = nn.Dense(temb_ch, temb_ch, name=f'{s}/temb/dense1')
+      self.conv_in = nn.Conv2D(in_ch, ch, name=f'{s}/conv_in')
+      # Downsampling: track the skip-connection channel counts like the original's `hs` stack.
+      skip_chs, cur_ch, res = [ch], ch, resolution
+      self.down = []
+      for i_level, mult in enumerate(self.ch_mult):
+        level = {'blocks': [], 'attns': [], 'downsample': None}
+        for i_block in range(nrb):
+          level['blocks'].append(ResnetBlock(cur_ch, ch * mult, temb_ch, dropout=dropout,
+                                             name=f'{s}/down_{i_level}/block_{i_block}'))
+          cur_ch = ch * mult
+          if res in self.attn_resolutions:
+            level['attns'].append(AttnBlock(cur_ch, name=f'{s}/down_{i_level}/attn_{i_block}'))
+          skip_chs.append(cur_ch)
+        if i_level != len(self.ch_mult) - 1:
+          level['downsample'] = Downsample(cur_ch, name=f'{s}/down_{i_level}/downsample',
+                                           with_conv=self.resamp_with_conv)
+          skip_chs.append(cur_ch)
+          res //= 2
+        self.down.append(level)
+      # Middle: 1-indexed names, attention regardless of resolution.
+      self.mid_block_1 = ResnetBlock(cur_ch, cur_ch, temb_ch, dropout=dropout, name=f'{s}/mid/block_1')
+      self.mid_attn_1 = AttnBlock(cur_ch, name=f'{s}/mid/attn_1')
+      self.mid_block_2 = ResnetBlock(cur_ch, cur_ch, temb_ch, dropout=dropout, name=f'{s}/mid/block_2')
+      # Upsampling: num_res_blocks + 1 blocks per level, each eating one skip.
+      self.up = [None] * len(self.ch_mult)
+      for i_level in reversed(range(len(self.ch_mult))):
+        level = {'blocks': [], 'attns': [], 'upsample': None}
+        for i_block in range(nrb + 1):
+          in_c = cur_ch + skip_chs.pop()
+          cur_ch = ch * self.ch_mult[i_level]
+          level['blocks'].append(ResnetBlock(in_c, cur_ch, temb_ch, dropout=dropout,
+                                             name=f'{s}/up_{i_level}/block_{i_block}'))
+          if res in self.attn_resolutions:
+            level['attns'].append(AttnBlock(cur_ch, name=f'{s}/up_{i_level}/attn_{i_block}'))
+        if i_level != 0:
+          level['upsample'] = Upsample(cur_ch, name=f'{s}/up_{i_level}/upsample',
+                                       with_conv=self.resamp_with_conv)
+          res *= 2
+        self.up[i_level] = level
+      assert not skip_chs
+      self.norm_out = nn.GroupNorm(cur_ch, name=f'{s}/norm_out')
+      self.conv_out = nn.Conv2D(cur_ch, self.out_ch, name=f'{s}/conv_out', init_scale=0.)
+    self.in_ch, self.resolution = in_ch, resolution
+
+  def __call__(self, x, t, training=False):
+    if x.shape.rank != 4 or x.shape[1] != x.shape[2]:
+      raise ValueError(f'UNet expects square NHWC images, got shape {x.shape}')
+    if not t.dtype.is_integer:
+      raise ValueError(f'UNet timesteps must be integers, got {t.dtype}')
+    self.build(x.shape[-1], x.shape[1])
+
+    temb = nn.get_timestep_embedding(t, self.ch)
+    temb = self.temb_dense1(nonlinearity(self.temb_dense0(temb)))
+    temb = tf.cast(temb, x.dtype)
+
+    hs = [self.conv_in(x)]
+    for level in self.down:
+      for i_block, block in enumerate(level['blocks']):
+        h = block(hs[-1], temb, training)
+        if level['attns']:
+          h = level['attns'][i_block](h)
+        hs.append(h)
+      if level['downsample'] is not None:
+        hs.append(level['downsample'](hs[-1]))
+
+    h = hs[-1]
+    h = self.mid_block_2(self.mid_attn_1(self.mid_block_1(h, temb, training)), temb, training)
+
+    for i_level in reversed(range(len(self.ch_mult))):
+      level = self.up[i_level]
+      for i_block, block in enumerate(level['blocks']):
+        h = block(tf.concat([h, hs.pop()], axis=-1), temb, training)
+        if level['attns']:
+          h = level['attns'][i_block](h)
+      if level['upsample'] is not None:
+        h = level['upsample'](h)
+    assert not hs
+
+    return self.conv_out(nonlinearity(self.norm_out(h)))
+
+
+def num_params(net):
+  """Total number of trainable parameters."""
+  return int(sum(v.shape.num_elements() for v in net.trainable_variables))
+
+
+def tf1_name(variable):
+  """A variable's TF1 checkpoint name: its name without the ``:0`` suffix."""
+  name = variable.name
+  return name[:-2] if name.endswith(':0') else name
+
+
+def variable_names(net):
+  """TF1 names of the trainable variables."""
+  return [tf1_name(v) for v in net.trainable_variables]
+
+
+_MODEL_CACHE = {}
+
+
+def model(x, *, t, y, name, num_classes, ch, out_ch, ch_mult=(1, 2, 4, 8), num_res_blocks,
+          attn_resolutions, dropout=0., resamp_with_conv=True, training=None):
+  """The original functional call style. Weights are shared across calls with the same
+  ``name`` and configuration (the TF1 ``reuse=AUTO_REUSE`` behaviour).
+
+  The original model is unconditional: ``num_classes`` must be 1 and ``y`` is ignored.
+  ``training`` defaults to ``dropout > 0``, since the original applied dropout whenever
+  a positive rate was passed in.
+  """
+  del y
+  assert num_classes == 1, 'the original U-Net is unconditional (num_classes must be 1)'
+  key = (name, ch, out_ch, tuple(ch_mult), num_res_blocks, tuple(attn_resolutions), resamp_with_conv)
+  net = _MODEL_CACHE.get(key)
+  if net is None:
+    net = _MODEL_CACHE[key] = UNet(ch=ch, out_ch=out_ch, ch_mult=ch_mult,
+                                   num_res_blocks=num_res_blocks,
+                                   attn_resolutions=attn_resolutions, dropout=dropout,
+                                   resamp_with_conv=resamp_with_conv, name=name)
+  if training is None:
+    training = dropout > 0
+  return _call_with_dropout(net, x, t, dropout, training)
+
+
+def _call_with_dropout(net, x, t, dropout, training):
+  # The functional API passes dropout per call (the original's train/sample closures
+  # differed only in it); set it on every block before calling.
+  for m in net.submodules:
+    if isinstance(m, ResnetBlock):
+      m.dropout = dropout
+  return net(x, t, training=training)
