@@ -284,7 +284,7 @@ DIGITS_NUM_EVAL = 180  # the last 10%
 @functools.lru_cache(maxsize=4)
 def _digits_array(resolution):
   from sklearn.datasets import load_digits  # local import: only this dataset needs sklearn
-  x = load_digits().images.astype(np.float32) * 16.  # [N, 8, 8], 0..16 -> 0..255
+  x = load_digits().images.astype(np.float32) * (255. / 16.)  # [N, 8, 8], 0..16 -> 0..255
   # Bicubic keeps the upsampled strokes smooth; it overshoots slightly, hence the clip.
   x = tf.image.resize(x[..., None], [resolution, resolution], method='bicubic').numpy()
   x = np.clip(np.round(x), 0, 255).astype(np.uint8)
