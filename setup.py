@@ -10,6 +10,7 @@ setup(
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
+        'tensorboard>=2.16',  # tf.summary's implementation
         'tensorflow-datasets>=4.9',
         'numpy>=1.24',
         'scipy>=1.10',

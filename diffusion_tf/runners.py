@@ -1,0 +1,305 @@
+"""What the per-dataset scripts share: the two script models (v2 diffusion for CIFAR-10 and
+the digits set, v1 for the 256x256 sets), experiment names and the bucket path mapping.
+"""
+
+import inspect
+import io
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from . import checkpoints, sampling, utils
+from .diffusion_base import get_beta_schedule
+from .diffusion_utils import GaussianDiffusion
+from .diffusion_utils_2 import GaussianDiffusion2
+from .models.unet import MODEL_CONFIGS, UNet
+from .tpu_utils import tpu_utils
+
+
+def _build_unet(model_name, *, out_ch, dropout, image_shape, compute_dtype=None):
+  if model_name not in MODEL_CONFIGS:
+    raise NotImplementedError(f'model_name={model_name!r}; expected one of {sorted(MODEL_CONFIGS)}')
+  kwargs = dict(MODEL_CONFIGS[model_name], out_ch=out_ch, dropout=dropout, name='model',
+                in_ch=image_shape[2], resolution=image_shape[0])
+  if compute_dtype not in (None, 'float32'):
+    kwargs['compute_dtype'] = compute_dtype
+  return UNet(**kwargs)
+
+
+def _random_flip(x):
+  # Per-example horizontal flip with probability 1/2.
+  return tf.image.random_flip_left_right(x)
+
+
+class DiffusionModel2(tpu_utils.Model):
+  """The CIFAR-10 script model (original ``run_cifar.Model``) on `GaussianDiffusion2`."""
+
+  def __init__(self, *, model_name, betas, model_mean_type, model_var_type, loss_type,
+               num_classes, dropout, randflip, image_shape, compute_dtype=None):
+    assert num_classes == 1, 'the original models are unconditional'
+    self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
+    self.image_shape = tuple(image_shape)
+    self.diffusion = GaussianDiffusion2(betas=betas, model_mean_type=model_mean_type,
+                                        model_var_type=model_var_type, loss_type=loss_type)
+    C = image_shape[2]
+    out_ch = C * 2 if model_var_type == 'learned' else C
+    self.net = _build_unet(model_name, out_ch=out_ch, dropout=dropout, image_shape=image_shape,
+                           compute_dtype=compute_dtype)
+
+  def denoise_train(self, x, t):
+    return tf.cast(self.net(x, t, training=True), tf.float32)
+
+  def denoise(self, x, t):
+    """The network at sampling time: no dropout."""
+    return tf.cast(self.net(x, t, training=False), tf.float32)
+
+  def train_fn(self, x, y):
+    B = x.shape[0]
+    if self.randflip:
+      x = _random_flip(x)
+    t = tf.random.uniform([B], 0, self.diffusion.num_timesteps, dtype=tf.int32)
+    losses = self.diffusion.training_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
+    return {'loss': tf.reduce_mean(losses)}
+
+  def samples_fn(self, dummy_x, y):
+    return {'samples': self.diffusion.p_sample_loop(
+        denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal)}
+
+  def progressive_samples_fn(self, dummy_x, y):
+    samples, progressive_samples = self.diffusion.p_sample_loop_progressive(
+        denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal)
+    return {'samples': samples, 'progressive_samples': progressive_samples}
+
+  def bpd_fn(self, x, y):
+    total_bpd_b, terms_bpd_bt, prior_bpd_b, mse_bt = self.diffusion.calc_bpd_loop(
+        denoise_fn=self.denoise, x_start=x, clip_denoised=True)
+    return {'total_bpd': total_bpd_b, 'terms_bpd': terms_bpd_bt, 'prior_bpd': prior_bpd_b,
+            'mse': mse_bt}
+
+
+class DiffusionModel1(tpu_utils.Model):
+  """The CelebA-HQ / LSUN script model (original ``run_celebahq.Model``) on v1
+  `GaussianDiffusion`, with the optional space-to-depth ``block_size``."""
+
+  def __init__(self, *, model_name, betas, loss_type, num_classes, dropout, randflip, block_size,
+               image_shape, compute_dtype=None):
+    assert num_classes == 1, 'the original models are unconditional'
+    self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
+    self.block_size = block_size
+    self.image_shape = tuple(image_shape)
+    self.diffusion = GaussianDiffusion(betas=betas, loss_type=loss_type)
+    H, W, C = image_shape
+    if H % block_size:
+      raise ValueError(f'block_size={block_size} does not divide the image size {H}')
+    inner = (H // block_size, W // block_size, C * block_size ** 2)
+    self.net = _build_unet(model_name, out_ch=inner[2], dropout=dropout, image_shape=inner,
+                           compute_dtype=compute_dtype)
+
+  def _denoise(self, x, t, training):
+    B, H, W, C = x.shape
+    if self.block_size != 1:
+      x = tf.nn.space_to_depth(x, self.block_size)
+    out = tf.cast(self.net(x, t, training=training), tf.float32)
+    if self.block_size != 1:
+      out = tf.nn.depth_to_space(out, self.block_size)
+    assert out.shape == [B, H, W, C]
+    return out
+
+  def denoise_train(self, x, t):
+    return self._denoise(x, t, training=True)
+
+  def denoise(self, x, t):
+    return self._denoise(x, t, training=False)
+
+  def train_fn(self, x, y):
+    B = x.shape[0]
+    if self.randflip:
+      x = _random_flip(x)
+    t = tf.random.uniform([B], 0, self.diffusion.num_timesteps, dtype=tf.int32)
+    losses = self.diffusion.p_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
+    return {'loss': tf.reduce_mean(losses)}
+
+  def samples_fn(self, dummy_x, y):
+    return {'samples': self.diffusion.p_sample_loop(
+        denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal)}
+
+  def samples_fn_denoising_trajectory(self, dummy_x, y, repeat_noise_steps=0):
+    times, imgs = self.diffusion.p_sample_loop_trajectory(
+        denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal,
+        repeat_noise_steps=repeat_noise_steps)
+    return {'samples': imgs[-1], 'denoising_trajectory_times': times,
+            'denoising_trajectory_images': imgs}
+
+  def interpolate_fn(self, x1, x2, lam, t):
+    return {'x_interp': self.diffusion.interpolate(self.denoise, x1=x1, x2=x2, lam=lam, t=t)}
+
+
+def betas_from_kwargs(kw):
+  return get_beta_schedule(kw['beta_schedule'], beta_start=kw['beta_start'], beta_end=kw['beta_end'],
+                           num_diffusion_timesteps=kw['num_diffusion_timesteps'])
+
+
+# ----------------------------------------------------------------------------- paths and names
+
+def resolve_paths(bucket_name_prefix, region=None, **paths):
+  """The original mapping ``p -> gs://{prefix}-{region}/{p}`` for every relative path when a
+  bucket prefix is given; local paths otherwise. Returns (region or None, {name: path})."""
+  if not bucket_name_prefix:
+    return None, dict(paths)
+  region = utils.get_gcp_region(region)
+  return region, {k: utils.bucket_path(v, bucket_name_prefix, region) for k, v in paths.items()}
+
+
+def exp_name_v2(*, exp_name, dataset, model_name, optimizer, total_bs, lr, warmup, beta_start,
+                beta_end, beta_schedule, num_diffusion_timesteps, model_mean_type, model_var_type,
+                loss_type, dropout, randflip):
+  """The CIFAR-10 experiment name template."""
+  return (f'{exp_name}_{dataset}_{model_name}_{optimizer}_bs{total_bs}_lr{lr}w{warmup}_'
+          f'beta{beta_start}-{beta_end}-{beta_schedule}_t{num_diffusion_timesteps}_'
+          f'{model_mean_type}-{model_var_type}-{loss_type}_dropout{dropout}_randflip{randflip}')
+
+
+def exp_name_v1(*, exp_name, dataset, model_name, optimizer, total_bs, lr, warmup, beta_start,
+                beta_end, beta_schedule, num_diffusion_timesteps, loss_type, dropout, randflip,
+                block_size):
+  """The CelebA-HQ / LSUN experiment name template."""
+  return (f'{exp_name}_{dataset}_{model_name}_{optimizer}_bs{total_bs}_lr{lr}w{warmup}_'
+          f'beta{beta_start}-{beta_end}-{beta_schedule}_t{num_diffusion_timesteps}_'
+          f'{loss_type}_dropout{dropout}_randflip{randflip}_blk{block_size}')
+
+
+def model_dir_of(log_dir, exp_name):
+  """Scripts always pass date_str='9999-99-99', as the original did."""
+  return os.path.join(log_dir, '9999-99-99', exp_name)
+
+
+# ----------------------------------------------------------------------------- train command
+
+# Keys of a script's train() that are not dataset or model settings.
+_PATH_KEYS = ('tfds_data_dir', 'log_dir', 'tfr_file')
+
+
+def make_model(kw, image_shape, num_classes=1):
+  """The script model described by a train kwargs dict (a kwargs.json)."""
+  common = dict(model_name=kw['model_name'], betas=betas_from_kwargs(kw), loss_type=kw['loss_type'],
+                num_classes=num_classes, dropout=kw['dropout'], randflip=kw['randflip'],
+                image_shape=image_shape, compute_dtype=kw.get('mixed_precision'))
+  if 'model_mean_type' in kw:
+    return DiffusionModel2(model_mean_type=kw['model_mean_type'],
+                           model_var_type=kw['model_var_type'], **common)
+  return DiffusionModel1(block_size=kw.get('block_size', 1), **common)
+
+
+def experiment_name(kw):
+  keys = ('exp_name', 'dataset', 'model_name', 'optimizer', 'total_bs', 'lr', 'warmup', 'beta_start',
+          'beta_end', 'beta_schedule', 'num_diffusion_timesteps', 'loss_type', 'dropout', 'randflip')
+  if 'model_mean_type' in kw:
+    return exp_name_v2(model_mean_type=kw['model_mean_type'], model_var_type=kw['model_var_type'],
+                       **{k: kw[k] for k in keys})
+  return exp_name_v1(block_size=kw['block_size'], **{k: kw[k] for k in keys})
+
+
+def get_dataset_from_kwargs(kw):
+  from .tpu_utils import datasets  # noqa: deferred: TFDS import is slow
+  extra = {k: kw[k] for k in ('resolution', 'folder', 'shuffle_buffer') if kw.get(k) is not None}
+  return datasets.get_dataset(kw['dataset'], tfds_data_dir=kw.get('tfds_data_dir'),
+                              tfr_file=kw.get('tfr_file'), **extra)
+
+
+def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
+  """The body of every script's ``train`` command; ``kw`` is the command's arguments.
+
+  Maps paths to the bucket when ``bucket_name_prefix`` is given, records the arguments
+  (with the mapped paths and region) as kwargs.json, checks that the data is there
+  before touching any accelerator, then trains. Returns the `TrainState`.
+  """
+  kw = dict(kw)
+  region, paths = resolve_paths(kw.get('bucket_name_prefix'), kw.get('region'),
+                                **{k: kw[k] for k in _PATH_KEYS if kw.get(k) is not None})
+  kw.update(paths)
+  kw['region'] = region
+  for k in ('tfr_file', 'log_dir'):
+    if k in kw:
+      print(f'{k}: {kw[k]}')
+  ds = get_dataset_from_kwargs(kw)
+  ds.check_available()  # fail now, not after connecting to a TPU and building the model
+
+  return tpu_utils.run_training(
+      model_constructor=lambda: make_model(kw, ds.image_shape, ds.num_classes),
+      train_input_fn=ds.train_input_fn, total_bs=kw['total_bs'], optimizer=kw['optimizer'],
+      lr=kw['lr'], warmup=kw['warmup'], grad_clip=kw['grad_clip'],
+      ema_decay=kw.get('ema_decay', 0.9999), tpu=kw.get('tpu_name'),
+      log_dir=kw['log_dir'], exp_name=experiment_name(kw), dump_kwargs=kw, date_str='9999-99-99',
+      iterations_per_loop=iterations_per_loop, keep_checkpoint_max=kw.get('keep_checkpoint_max', 2),
+      max_steps=kw.get('max_steps') or int(1e10),
+      warm_start_from=warm_start_model_dir,
+      save_checkpoints_secs=kw.get('save_checkpoints_secs', 1600),
+      save_every_steps=kw.get('save_every_steps'), clip_mode=kw.get('clip_mode', 'global'),
+      allow_kwargs_mismatch=kw.get('allow_kwargs_mismatch', False))
+
+
+# ----------------------------------------------------------------------------- sample command
+
+def script_defaults(train_fn):
+  """A script's train() defaults: the configuration of the authors' released models."""
+  return {k: p.default for k, p in inspect.signature(train_fn).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+
+
+def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True):
+  """(model, kwargs, checkpoint prefix, step) from a run directory or a checkpoint prefix.
+
+  A run directory brings its kwargs.json; a bare checkpoint (e.g. the authors'
+  ``diffusion_cifar10_model/model.ckpt-790000``) uses a kwargs.json beside it if present,
+  else the script's defaults, which are the released models' settings.
+  """
+  if bool(model_dir) == bool(ckpt):
+    raise ValueError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint prefix)')
+  prefix = checkpoints.resolve_checkpoint(model_dir or ckpt)
+  kwargs_path = os.path.join(model_dir or os.path.dirname(prefix), 'kwargs.json')
+  if tf.io.gfile.exists(kwargs_path):
+    kw = dict(script_defaults(train_fn), **utils.read_json(kwargs_path))
+  elif model_dir:
+    raise FileNotFoundError(f'{kwargs_path} not found: --model_dir must be a training run directory '
+                            f'(use --ckpt for a bare checkpoint)')
+  else:
+    kw = script_defaults(train_fn)
+  image_shape = get_dataset_from_kwargs(kw).image_shape  # needs no data on disk
+  model = make_model(kw, image_shape)
+  step = checkpoints.restore_tf1_checkpoint(model.net, prefix, ema=ema)
+  return model, kw, prefix, step
+
+
+def _check_free(out_prefix, overwrite):
+  for ext in ('.npz', '.png'):
+    if not overwrite and tf.io.gfile.exists(out_prefix + ext):
+      raise FileExistsError(f'{out_prefix}{ext} exists; pass another --out or --overwrite')
+
+
+def write_samples(out_prefix, samples, *, overwrite=False):
+  """Writes ``<out_prefix>.npz`` (uint8 ``samples`` [N, H, W, C]) and ``<out_prefix>.png`` (a grid)."""
+  images = utils.to_uint8(samples)
+  _check_free(out_prefix, overwrite)
+  buf = io.BytesIO()
+  np.savez(buf, samples=images)
+  utils.atomic_write(out_prefix + '.npz', buf.getvalue(), overwrite=overwrite)
+  utils.save_tiled_imgs(out_prefix + '.png', images[:256])
+  return images
+
+
+def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm',
+           steps=None, eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False):
+  """The scripts' ``sample`` command: draw samples from a run or a checkpoint and write
+  ``OUT.npz`` and ``OUT.png``. Returns the uint8 samples [N, H, W, C]."""
+  model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema)
+  print(f'Loaded {"EMA" if ema else "raw"} weights from {prefix} (step {step})')
+  if out is None:
+    tag = f'{sampler}{steps or model.diffusion.num_timesteps}' + (f'_eta{eta}' if sampler == 'ddim' else '')
+    out = os.path.join(model_dir or os.path.dirname(prefix), f'samples_{tag}_ema{int(bool(ema))}_step{step}')
+  _check_free(out, overwrite)  # fail before sampling for an hour, not after
+  samples = sampling.generate_samples(model, num_samples, batch_size, sampler=sampler, steps=steps,
+                                      eta=eta, spacing=spacing, seed=seed)
+  images = write_samples(out, samples, overwrite=overwrite)
+  print(f'Wrote {out}.npz ({images.shape[0]} samples) and {out}.png')
+  return images

@@ -1,0 +1,196 @@
+"""Samplers beyond the original's 1000-step ancestral sampler, and batched sample generation.
+
+* ``ddpm``: the original ancestral sampler of the diffusion object (v2: the model's
+  variance type, fixedlarge for CIFAR-10; v1: the posterior variance).
+* ``ddpm`` with ``steps < T``: strided ancestral sampling on a respaced process whose
+  betas are ``1 - ac[tau_i] / ac[tau_{i-1}]`` over the kept timesteps ``tau``.
+* ``ddim``: Song et al. 2021; ``eta=0`` is deterministic given x_T, ``eta=1`` with all
+  steps is the ancestral sampler with the posterior variance.
+"""
+
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from .diffusion_base import timestep_loop
+from .diffusion_utils import GaussianDiffusion
+from .diffusion_utils_2 import GaussianDiffusion2
+
+SAMPLERS = ('ddpm', 'ddim')
+SPACINGS = ('uniform', 'quad')
+
+
+def timestep_sequence(num_timesteps, steps, spacing='uniform'):
+  """Increasing int64 timesteps ``tau`` [steps] starting at 0, for strided samplers.
+
+  'uniform' takes every ``T // steps``-th step (as the DDIM paper); 'quad' spaces them
+  quadratically, ``int(linspace(0, sqrt(0.8 T), steps) ** 2)`` (the DDIM paper's CIFAR-10
+  choice) made strictly increasing. ``steps == T`` (or None) gives every step.
+  """
+  T = num_timesteps
+  if steps is None or steps == T:
+    return np.arange(T)
+  if not 1 <= steps <= T:
+    raise ValueError(f'--steps must be between 1 and the {T} diffusion steps, got {steps}')
+  if spacing == 'uniform':
+    seq = np.arange(0, T, T // steps)[:steps]
+  elif spacing == 'quad':
+    seq = (np.linspace(0, np.sqrt(T * 0.8), steps) ** 2).astype(np.int64)
+    # The paper's formula repeats small steps (0, 0, 1, 3, ...); bump repeats up by one so
+    # that exactly `steps` distinct timesteps run.
+    for i in range(1, steps):
+      seq[i] = max(seq[i], seq[i - 1] + 1)
+  else:
+    raise ValueError(f'spacing={spacing!r}; expected one of {SPACINGS}')
+  if len(np.unique(seq)) != steps or seq[-1] >= T:
+    raise ValueError(f'{spacing} spacing cannot place {steps} distinct steps in {T}; use fewer '
+                     f'steps or uniform spacing')
+  return seq.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- respacing
+
+def respace(diffusion, timesteps):
+  """A diffusion object over the kept ``timesteps`` only, and a wrapper mapping its
+  indices back to the original timesteps for the network.
+
+  Returns (respaced_diffusion, wrap) where ``wrap(denoise_fn)`` gives the denoiser to
+  use with the respaced object.
+  """
+  timesteps = np.asarray(timesteps, np.int64)
+  ac = diffusion.alphas_cumprod[timesteps]
+  new_betas = 1. - ac / np.append(1., ac[:-1])
+  if isinstance(diffusion, GaussianDiffusion2):
+    new = GaussianDiffusion2(betas=new_betas, model_mean_type=diffusion.model_mean_type,
+                             model_var_type=diffusion.model_var_type, loss_type=diffusion.loss_type)
+  elif isinstance(diffusion, GaussianDiffusion):
+    new = GaussianDiffusion(betas=new_betas, loss_type=diffusion.loss_type)
+  else:
+    raise TypeError(f'cannot respace {type(diffusion).__name__}')
+  table = tf.constant(timesteps, tf.int32)
+
+  def wrap(denoise_fn):
+    return _MappedDenoiser(denoise_fn, table)
+
+  return new, wrap
+
+
+class _MappedDenoiser:
+  """``denoise_fn(x, table[t])``; hashable by its parts so compiled loops are reused."""
+
+  def __init__(self, denoise_fn, table):
+    self.denoise_fn, self.table = denoise_fn, table
+    self._key = (denoise_fn, tuple(table.numpy().tolist()))
+
+  def __call__(self, x, t):
+    return self.denoise_fn(x, tf.gather(self.table, t))
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _MappedDenoiser) and self._key == other._key
+
+
+# ----------------------------------------------------------------------------- DDIM
+
+def _pred_xstart(diffusion, denoise_fn, x, t, clip_denoised):
+  if isinstance(diffusion, GaussianDiffusion2):
+    return diffusion.p_mean_variance(denoise_fn, x=x, t=t, clip_denoised=clip_denoised,
+                                     return_pred_xstart=True)[3]
+  x0 = diffusion.predict_start_from_noise(x, t=t, noise=denoise_fn(x, t))
+  return tf.clip_by_value(x0, -1., 1.) if clip_denoised else x0
+
+
+def ddim_sample_loop(diffusion, denoise_fn, *, shape, timesteps=None, eta=0.,
+                     noise_fn=tf.random.normal, clip_denoised=True, x_T=None):
+  """DDIM sampling over increasing ``timesteps`` (default: all T). Returns [B, H, W, C].
+
+  With a clipped x0 prediction the noise estimate is recomputed from it, so that
+  eta=1 over all steps reproduces posterior-variance ancestral sampling exactly.
+  """
+  timesteps = np.arange(diffusion.num_timesteps) if timesteps is None else np.asarray(timesteps)
+  shape = tuple(shape)
+  if x_T is None:
+    x_T = noise_fn(shape=shape, dtype=tf.float32)
+  return diffusion._run_compiled(
+      _ddim_impl, (diffusion, denoise_fn, shape, tuple(int(s) for s in timesteps), float(eta),
+                   noise_fn, clip_denoised),
+      (tf.convert_to_tensor(x_T, tf.float32),))
+
+
+def _ddim_impl(diffusion, denoise_fn, shape, timesteps, eta, noise_fn, clip_denoised, x_T):
+  seq = np.asarray(timesteps, np.int64)
+  ac = diffusion.alphas_cumprod[seq]
+  ac_prev = np.append(1., ac[:-1])
+  sigma = eta * np.sqrt((1. - ac_prev) / (1. - ac) * (1. - ac / ac_prev))
+  consts = {k: tf.constant(v, tf.float32) for k, v in dict(
+      ac=ac, ac_prev=ac_prev, sigma=sigma, sqrt_ac=np.sqrt(ac), sqrt_1m_ac=np.sqrt(1. - ac),
+      sqrt_ac_prev=np.sqrt(ac_prev),
+      dir_coef=np.sqrt(np.maximum(1. - ac_prev - sigma ** 2, 0.))).items()}
+  seq_t = tf.constant(seq, tf.int32)
+  B = shape[0]
+
+  def body(i, x):
+    g = lambda name: tf.gather(consts[name], i)
+    t = tf.fill([B], tf.gather(seq_t, i))
+    x0 = _pred_xstart(diffusion, denoise_fn, x, t, clip_denoised)
+    eps = (x - g('sqrt_ac') * x0) / g('sqrt_1m_ac')
+    x_prev = g('sqrt_ac_prev') * x0 + g('dir_coef') * eps
+    if eta > 0:
+      x_prev += g('sigma') * noise_fn(shape=shape, dtype=x.dtype)
+    return (x_prev,)
+
+  x, = timestep_loop(len(seq), body, (x_T,))
+  return x
+
+
+# ----------------------------------------------------------------------------- batched generation
+
+def sample_batch(model, batch_size, *, sampler='ddpm', steps=None, eta=0., spacing='uniform'):
+  """One batch of samples, float32 [B, H, W, C] in [-1, 1] (not clipped).
+
+  ``model`` is a script model (``.diffusion``, ``.denoise``, ``.image_shape``).
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
+  diffusion, shape = model.diffusion, (batch_size, *model.image_shape)
+  T = diffusion.num_timesteps
+  if sampler == 'ddim':
+    return ddim_sample_loop(diffusion, model.denoise, shape=shape,
+                            timesteps=timestep_sequence(T, steps, spacing), eta=eta)
+  if steps is None or steps == T:
+    return diffusion.p_sample_loop(model.denoise, shape=shape)
+  new, wrap = _respaced(diffusion, steps, spacing)
+  return new.p_sample_loop(wrap(model.denoise), shape=shape)
+
+
+_RESPACED = {}
+
+
+def _respaced(diffusion, steps, spacing):
+  key = (id(diffusion), steps, spacing)
+  if key not in _RESPACED:  # holding `diffusion` keeps its id from being reused
+    _RESPACED[key] = (diffusion, *respace(diffusion, timestep_sequence(diffusion.num_timesteps,
+                                                                       steps, spacing)))
+  return _RESPACED[key][1:]
+
+
+def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=None, eta=0.,
+                     spacing='uniform', seed=None, log_fn=print):
+  """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress."""
+  if seed is not None:
+    tf.random.set_seed(seed)
+  out, t0 = [], time.time()
+  num_batches = math.ceil(num_samples / batch_size)
+  for i in range(num_batches):
+    out.append(sample_batch(model, batch_size, sampler=sampler, steps=steps, eta=eta,
+                            spacing=spacing).numpy())
+    if log_fn:
+      done = (i + 1) / num_batches
+      elapsed = time.time() - t0
+      log_fn(f'sampled batch {i + 1}/{num_batches} ({min((i + 1) * batch_size, num_samples)} '
+             f'images) {elapsed:.0f}s elapsed, ETA {elapsed / done * (1 - done):.0f}s')
+  return np.concatenate(out)[:num_samples]

@@ -1,0 +1,493 @@
+"""Training on any `tf.distribute` strategy (original ``tpu_utils.py`` §9, without TPUEstimator).
+
+`run_training` is a custom loop: ``strategy.run`` inside a `tf.function` that does many
+steps per call, gradients all-reduced by the strategy, TF1-exact Adam / RMSProp kernels,
+EMA after the optimizer step, TensorBoard summaries every 100 steps, and name-based
+checkpoints in the original TF1 layout (``model/...``, ``.../ExponentialMovingAverage``,
+``.../Adam``, ``beta1_power``, ``global_step``) so one reader loads ours and the
+authors' released models.
+"""
+
+import contextlib
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from .. import utils
+from ..checkpoints import EMA_SUFFIX, resolve_checkpoint
+from ..models.unet import tf1_name
+
+CLIP_MODES = ('global', 'per_replica')
+
+
+# ----------------------------------------------------------------------------- data scaling
+
+def normalize_data(x):
+  """[0, 255] -> [-1, 1]."""
+  return x / 127.5 - 1.
+
+
+def unnormalize_data(x):
+  """[-1, 1] -> [0, 255]."""
+  return (x + 1.) * 127.5
+
+
+# ----------------------------------------------------------------------------- model interface
+
+class Model:
+  """What a script's model provides; every image is float [B, H, W, C] in [-1, 1].
+
+  Subclasses set ``self.net`` (a `UNet` whose variables exist after construction) and
+  implement ``train_fn(x, y) -> {'loss': scalar}`` and ``samples_fn(dummy_x, y) -> {name: images}``.
+  """
+  net = None
+
+  def train_fn(self, x, y):
+    raise NotImplementedError
+
+  def samples_fn(self, dummy_x, y):
+    raise NotImplementedError
+
+  def bpd_fn(self, x, y):
+    return None
+
+  @property
+  def trainable_variables(self):
+    return list(self.net.trainable_variables)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def resolve_strategy(tpu=None, zone=None, project=None):
+  """The `tf.distribute` strategy for the flags: ``tpu`` -> TPUStrategy; a ``TF_CONFIG``
+  cluster -> MultiWorkerMirroredStrategy; several GPUs -> MirroredStrategy; otherwise
+  the default strategy (one CPU or GPU)."""
+  if tpu:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu, zone=zone, project=project)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  if os.environ.get('TF_CONFIG'):
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if len(tf.config.list_logical_devices('GPU')) > 1:
+    return tf.distribute.MirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy):
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not getattr(resolver, 'task_type', None):
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return not has_chief and resolver.task_type == 'worker' and resolver.task_id == 0
+
+
+def _local(v):
+  """The first local component of a (possibly distributed) variable."""
+  values = getattr(v, 'values', None)
+  return values[0] if isinstance(values, tuple) else v
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+class Adam:
+  """TF1 ``AdamOptimizer`` (beta1 .9, beta2 .999, eps 1e-8 applied after bias correction)
+  run by TF's own ``ResourceApplyAdam`` kernel; slots ``<var>/Adam`` (m), ``<var>/Adam_1``
+  (v) and the ``beta1_power`` / ``beta2_power`` accumulators keep their TF1 names.
+
+  `apply` runs in a replica context on already-reduced gradients: every replica updates
+  its own copy identically, so no further synchronisation is needed.
+  """
+
+  def __init__(self, variables, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
+    mk = lambda v, suffix: tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                       name=f'{tf1_name(v)}/{suffix}')
+    self.m = [mk(v, 'Adam') for v in variables]
+    self.v = [mk(v, 'Adam_1') for v in variables]
+    self.beta1_power = tf.Variable(beta1, dtype=tf.float32, trainable=False, name='beta1_power')
+    self.beta2_power = tf.Variable(beta2, dtype=tf.float32, trainable=False, name='beta2_power')
+
+  def apply(self, grads, variables, lr):
+    b1p, b2p = self.beta1_power.read_value(), self.beta2_power.read_value()
+    for var, g, m, v in zip(variables, grads, self.m, self.v):
+      tf.raw_ops.ResourceApplyAdam(
+          var=var.handle, m=m.handle, v=v.handle, beta1_power=b1p, beta2_power=b2p, lr=lr,
+          beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, grad=g)
+    tf.raw_ops.AssignVariableOp(resource=self.beta1_power.handle, value=b1p * self.beta1)
+    tf.raw_ops.AssignVariableOp(resource=self.beta2_power.handle, value=b2p * self.beta2)
+
+  def var_dict(self, variables):
+    out = {'beta1_power': self.beta1_power, 'beta2_power': self.beta2_power}
+    for var, m, v in zip(variables, self.m, self.v):
+      out[f'{tf1_name(var)}/Adam'], out[f'{tf1_name(var)}/Adam_1'] = m, v
+    return out
+
+
+class RMSProp:
+  """TF1 ``RMSPropOptimizer(decay=.95, momentum=.9, epsilon=1e-8)`` via ``ResourceApplyRMSProp``;
+  slots ``<var>/RMSProp`` (mean square, initialised to ones as in TF1) and ``<var>/RMSProp_1``."""
+
+  def __init__(self, variables, decay=0.95, momentum=0.9, epsilon=1e-8):
+    self.decay, self.momentum, self.epsilon = decay, momentum, epsilon
+    self.ms = [tf.Variable(tf.ones(v.shape, v.dtype), trainable=False, name=f'{tf1_name(v)}/RMSProp')
+               for v in variables]
+    self.mom = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                            name=f'{tf1_name(v)}/RMSProp_1') for v in variables]
+
+  def apply(self, grads, variables, lr):
+    for var, g, ms, mom in zip(variables, grads, self.ms, self.mom):
+      tf.raw_ops.ResourceApplyRMSProp(var=var.handle, ms=ms.handle, mom=mom.handle, lr=lr,
+                                      rho=self.decay, momentum=self.momentum,
+                                      epsilon=self.epsilon, grad=g)
+
+  def var_dict(self, variables):
+    out = {}
+    for var, ms, mom in zip(variables, self.ms, self.mom):
+      out[f'{tf1_name(var)}/RMSProp'], out[f'{tf1_name(var)}/RMSProp_1'] = ms, mom
+    return out
+
+
+OPTIMIZERS = {'adam': Adam, 'rmsprop': RMSProp}
+
+
+def make_optimizer(name, variables):
+  if name not in OPTIMIZERS:
+    raise NotImplementedError(f'optimizer={name!r}; expected one of {sorted(OPTIMIZERS)}')
+  return OPTIMIZERS[name](variables)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+def make_ema_shadows(variables):
+  """One non-trainable shadow per variable, named ``<var>/ExponentialMovingAverage`` and
+  initialised to the variable's value (as TF1's ExponentialMovingAverage did)."""
+  return [tf.Variable(v.read_value(), trainable=False, name=tf1_name(v) + EMA_SUFFIX)
+          for v in variables]
+
+
+def ema_update(variables, shadows, decay):
+  """``shadow -= (1 - decay) * (shadow - var)`` on each replica's local copies."""
+  for v, s in zip(variables, shadows):
+    tf.raw_ops.AssignVariableOp(resource=s.handle, value=s - (1. - decay) * (s - v))
+
+
+@contextlib.contextmanager
+def ema_scope(variables, shadows):
+  """Temporarily swaps the EMA shadows into ``variables`` (for sampling with EMA weights)."""
+  backup = [v.read_value() for v in variables]
+  for v, s in zip(variables, shadows):
+    v.assign(s.read_value())
+  try:
+    yield
+  finally:
+    for v, b in zip(variables, backup):
+      v.assign(b)
+
+
+# ----------------------------------------------------------------------------- training state
+
+class TrainState:
+  """Everything a training checkpoint holds, under TF1 names."""
+
+  def __init__(self, model, optimizer, ema_decay):
+    self.model = model
+    self.variables = model.trainable_variables
+    self.optimizer = make_optimizer(optimizer, self.variables)
+    self.ema_decay = ema_decay
+    self.ema_shadows = make_ema_shadows(self.variables)
+    self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+
+  def var_dict(self):
+    out = {tf1_name(v): v for v in self.variables}
+    out.update({tf1_name(v) + EMA_SUFFIX: s for v, s in zip(self.variables, self.ema_shadows)})
+    out.update(self.optimizer.var_dict(self.variables))
+    out['global_step'] = self.global_step
+    return out
+
+  def restore(self, ckpt, *, include_step=True):
+    """Assigns every state variable from a TF1-layout checkpoint. Returns the names it lacked."""
+    reader = tf.train.load_checkpoint(ckpt)
+    shapes = reader.get_variable_to_shape_map()
+    missing = []
+    for name, var in self.var_dict().items():
+      if name == 'global_step' and not include_step:
+        continue
+      if name not in shapes:
+        missing.append(name)
+        continue
+      if list(shapes[name]) != var.shape.as_list():
+        raise ValueError(f'{ckpt}: {name} has shape {shapes[name]}, the model expects {var.shape}')
+      var.assign(tf.cast(reader.get_tensor(name), var.dtype))
+    return missing
+
+
+class _Saver:
+  """Name-based checkpoints ``<model_dir>/model.ckpt-<step>``, keeping the newest N.
+
+  Saves each variable's first local copy (all replicas hold the same values); TF's saver
+  writes to temporary files and renames them, then updates the ``checkpoint`` file.
+  """
+
+  def __init__(self, state, model_dir, keep):
+    self.prefix = os.path.join(model_dir, 'model.ckpt')
+    self.saver = tf.compat.v1.train.Saver(
+        var_list={k: _local(v) for k, v in state.var_dict().items()},
+        max_to_keep=keep, save_relative_paths=True)
+    # Keep retention working across restarts.
+    ckpt_state = tf.train.get_checkpoint_state(model_dir)
+    if ckpt_state is not None:
+      self.saver.recover_last_checkpoints(list(ckpt_state.all_model_checkpoint_paths))
+
+  def save(self, step):
+    return self.saver.save(None, self.prefix, global_step=step, write_meta_graph=False)
+
+
+# ----------------------------------------------------------------------------- kwargs.json
+
+# Arguments that may change between a run and its resumption without changing what is trained.
+RESUME_SAFE_KWARGS = frozenset({
+    'tpu_name', 'bucket_name_prefix', 'region', 'log_dir', 'tfds_data_dir', 'tfr_file', 'data_dir',
+    'max_steps', 'save_every_steps', 'save_checkpoints_secs', 'keep_checkpoint_max',
+    'iterations_per_loop', 'warm_start_model_dir', 'allow_kwargs_mismatch', 'num_sample_images',
+    'shuffle_buffer', 'seed', 'summary_every',
+})
+
+
+class KwargsMismatchError(ValueError):
+  pass
+
+
+def load_train_kwargs(model_dir):
+  return utils.read_json(os.path.join(model_dir, 'kwargs.json'))
+
+
+def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch):
+  path = os.path.join(model_dir, 'kwargs.json')
+  kwargs = _jsonable(kwargs)
+  if tf.io.gfile.exists(path):
+    old = utils.read_json(path)
+    diff = sorted(k for k in set(old) | set(kwargs)
+                  if k not in RESUME_SAFE_KWARGS and old.get(k) != kwargs.get(k))
+    if diff and not allow_mismatch:
+      lines = '\n'.join(f'  {k}: existing {old.get(k)!r}, now {kwargs.get(k)!r}' for k in diff)
+      raise KwargsMismatchError(
+          f'{path} records a run with different settings:\n{lines}\nUse another --exp_name or '
+          f'--log_dir, or pass --allow_kwargs_mismatch to continue this run with the new settings.')
+    if old == kwargs:
+      return
+    # Keep the previous record rather than overwrite it.
+    utils.atomic_write(f'{path}.{time.strftime("%Y%m%d-%H%M%S")}.bak',
+                       tf.io.gfile.GFile(path, 'rb').read())
+  utils.write_json(path, kwargs)
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.integer, np.floating)):
+    return obj.item()
+  return obj
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class _StopRequest:
+  """SIGTERM / SIGINT set a flag: the loop saves a checkpoint and returns. A second
+  SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    try:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f'\nReceived signal {signum}: saving a checkpoint and stopping after the current steps.',
+          flush=True)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _format_eta(seconds):
+  if not math.isfinite(seconds):
+    return '-'
+  seconds = int(seconds)
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, warmup, grad_clip,
+                 ema_decay=0.9999, tpu=None, zone=None, project=None, log_dir, exp_name,
+                 dump_kwargs=None, date_str=None, iterations_per_loop=1000, keep_checkpoint_max=2,
+                 max_steps=int(1e10), warm_start_from=None, save_checkpoints_secs=1600,
+                 save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
+                 allow_kwargs_mismatch=False, max_seconds_per_loop=30., log_fn=print):
+  """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
+
+  The run lives in ``<log_dir>/<date_str or today>/<exp_name>``. An existing run is
+  resumed from its latest checkpoint (model, EMA, optimizer and step; the data order is
+  reshuffled). ``clip_mode='global'`` clips the all-reduced gradient at ``grad_clip``;
+  ``'per_replica'`` reproduces the original TPU behaviour (§9.6: each replica's gradient of
+  loss/num_replicas is clipped at grad_clip/num_replicas before summing).
+
+  Steps run ``strategy.run`` inside one `tf.function` call of at most
+  ``iterations_per_loop`` steps, sized to take about ``max_seconds_per_loop`` so that
+  signals and checkpoint intervals are honoured promptly. Returns the `TrainState`.
+  """
+  if clip_mode not in CLIP_MODES:
+    raise ValueError(f'clip_mode={clip_mode!r}; expected one of {CLIP_MODES}')
+  strategy = strategy or resolve_strategy(tpu, zone, project)
+  num_replicas = strategy.num_replicas_in_sync
+  if total_bs % num_replicas:
+    raise ValueError(f'total_bs={total_bs} is not divisible by the {num_replicas} replicas')
+  local_bs = total_bs // num_replicas
+  chief = _is_chief(strategy)
+
+  model_dir = os.path.join(log_dir, date_str or time.strftime('%Y-%m-%d'), exp_name)
+  tf.io.gfile.makedirs(model_dir)
+  if dump_kwargs is not None and chief:
+    _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch)
+  log_fn(f'model_dir: {model_dir}')
+
+  with strategy.scope():
+    model = model_constructor()
+    state = TrainState(model, optimizer, ema_decay)
+  variables = state.variables
+  log_fn(f'num params: {sum(v.shape.num_elements() for v in variables):,} '
+         f'in {len(variables)} variables; {num_replicas} replica(s), {local_bs} examples each')
+
+  # Resume, or warm-start a new run.
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest:
+    missing = state.restore(latest)
+    if missing:
+      raise ValueError(f'{latest} lacks {len(missing)} training variables, e.g. {missing[:5]}')
+    log_fn(f'Resuming from {latest} (step {int(state.global_step.numpy())})')
+  elif warm_start_from:
+    ckpt = resolve_checkpoint(warm_start_from)
+    missing = state.restore(ckpt, include_step=False)
+    log_fn(f'Warm-started from {ckpt}' + (f' ({len(missing)} variables not in it kept their '
+                                           f'initial values)' if missing else ''))
+  saver = _Saver(state, model_dir, keep_checkpoint_max) if chief else None
+
+  def dataset_fn(ctx):
+    ds = train_input_fn({'batch_size': ctx.get_per_replica_batch_size(total_bs)})
+    return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx.num_input_pipelines > 1 else ds
+  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+  def replica_step(batch):
+    ctx = tf.distribute.get_replica_context()
+    x = normalize_data(tf.cast(batch['image'], tf.float32))
+    with tf.GradientTape() as tape:
+      loss = model.train_fn(x, batch['label'])['loss']
+    grads = tape.gradient(loss, variables)
+    if clip_mode == 'per_replica':
+      grads = [g / num_replicas for g in grads]
+      gnorm = tf.linalg.global_norm(grads)
+      grads, _ = tf.clip_by_global_norm(grads, grad_clip / num_replicas, use_norm=gnorm)
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      gnorm = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, gnorm)
+    else:
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+      gnorm = tf.linalg.global_norm(grads)
+      grads, _ = tf.clip_by_global_norm(grads, grad_clip, use_norm=gnorm)
+    step = state.global_step.read_value()
+    lr_t = utils.get_warmed_up_lr(lr, warmup, step)
+    state.optimizer.apply(grads, variables, lr_t)
+    # EMA after the optimizer step; decay ~0 at step 0 copies the weights.
+    ema_update(variables, state.ema_shadows, tf.where(step < 1, 1e-10, ema_decay))
+    tf.raw_ops.AssignAddVariableOp(resource=state.global_step.handle, value=tf.constant(1, tf.int64))
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), gnorm, lr_t
+
+  writer = tf.summary.create_file_writer(model_dir if chief else os.path.join(model_dir, 'worker_tmp'))
+
+  def write_summaries(step, loss, gnorm, lr_t):
+    with writer.as_default(step=step):
+      tf.summary.scalar('train/loss', loss)
+      tf.summary.scalar('train/gnorm', gnorm)
+      tf.summary.scalar('train/pnorm', utils.rms(variables))
+      tf.summary.scalar('train/lr', lr_t)
+    return tf.constant(True)
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    loss_sum, all_finite = tf.constant(0., tf.float32), tf.constant(True)
+    for _ in tf.range(num_steps):
+      step = state.global_step.read_value()  # the step this iteration trains
+      loss, gnorm, lr_t = strategy.run(replica_step, args=(next(iterator),))
+      loss, gnorm, lr_t = (strategy.experimental_local_results(v)[0] for v in (loss, gnorm, lr_t))
+      tf.cond(tf.equal(step % summary_every, 0),
+              lambda: write_summaries(step, loss, gnorm, lr_t), lambda: tf.constant(False))
+      loss_sum += loss
+      all_finite = tf.logical_and(all_finite, tf.math.is_finite(loss))
+    return loss_sum / tf.cast(num_steps, tf.float32), all_finite
+
+  step = int(state.global_step.numpy())
+  start_step, t_start, last_save_time = step, time.time(), time.time()
+  steps_per_call, rate = 1, float('nan')
+  saved_step = step if latest else None
+
+  def save(reason):
+    nonlocal last_save_time, saved_step
+    if saver is None or saved_step == step:
+      return
+    path = saver.save(step)
+    writer.flush()
+    last_save_time, saved_step = time.time(), step
+    log_fn(f'Saved {path} ({reason})')
+
+  with _StopRequest() as stop:
+    while step < max_steps and stop.signum is None:
+      n = min(steps_per_call, iterations_per_loop, max_steps - step)
+      if save_every_steps:
+        n = min(n, save_every_steps - step % save_every_steps)
+      t0 = time.time()
+      mean_loss, finite = train_loop(iterator, tf.constant(n, tf.int32))
+      mean_loss, finite = float(mean_loss), bool(finite)
+      step = int(state.global_step.numpy())
+      if not finite:
+        raise FloatingPointError(
+            f'Non-finite loss ({mean_loss}) between steps {step - n} and {step}; stopping without '
+            f'saving. The last good checkpoint in {model_dir} is intact '
+            f'({tf.train.latest_checkpoint(model_dir) or "none yet"}). Try a lower --lr or --grad_clip.')
+      dt = time.time() - t0
+      # The first call includes tracing; size later calls from the measured rate.
+      if step - n != start_step or n > 1:
+        rate = n / dt
+        steps_per_call = max(1, min(iterations_per_loop, int(rate * max_seconds_per_loop)))
+      with writer.as_default(step=step):
+        if math.isfinite(rate):
+          tf.summary.scalar('train/steps_per_sec', rate)
+      eta = (max_steps - step) / rate if max_steps < 1e9 and math.isfinite(rate) else float('nan')
+      log_fn(f'step {step}' + (f'/{max_steps}' if max_steps < 1e9 else '')
+             + f'  loss {mean_loss:.5f}  {rate:.2f} steps/s  ETA {_format_eta(eta)}')
+      if save_every_steps and step % save_every_steps == 0:
+        save(f'every {save_every_steps} steps')
+      elif time.time() - last_save_time >= save_checkpoints_secs:
+        save(f'every {save_checkpoints_secs} s')
+    save('signal' if stop.signum is not None else 'end of training')
+  writer.flush()
+  log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
+         f'model_dir: {model_dir}')
+  state.model_dir = model_dir
+  state.stopped_by_signal = stop.signum
+  return state
