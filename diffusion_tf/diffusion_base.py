@@ -137,7 +137,9 @@ class DiffusionTables:
     """
     if not tf.executing_eagerly():
       return impl(*static_args, *tensor_args)
-    key = (impl.__name__,) + tuple(static_args)
+    # The key includes the instance: v1 and v2 share method names, and two diffusions
+    # with different betas must not share a compiled loop.
+    key = (self, impl.__name__) + tuple(static_args)
     try:
       hash(key)
     except TypeError:

@@ -1,0 +1,368 @@
+"""Training loop: optimizer/warmup/clipping/EMA arithmetic, strategies, resume, safety."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diffusion_tf import checkpoints, runners
+from diffusion_tf.tpu_utils import tpu_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- hand-checkable model
+
+class TinyModel(tpu_utils.Model):
+  """loss = mean((w * x - 0.5)^2) for one weight vector ``model/w/W`` [3]."""
+
+  def __init__(self, nan_after_calls=None):
+    self.w = tf.Variable([0.3, -0.2, 0.1], name='model/w/W')
+    self.calls = tf.Variable(0, trainable=False, name='calls')
+    self.nan_after_calls = nan_after_calls
+
+  @property
+  def trainable_variables(self):
+    return [self.w]
+
+  def train_fn(self, x, y):
+    feats = tf.reduce_mean(x, axis=[1, 2])  # [B, 3]
+    loss = tf.reduce_mean(tf.square(self.w * feats - 0.5)) * 100.  # large gradients: clipping matters
+    if self.nan_after_calls is not None:
+      self.calls.assign_add(1)
+      loss = tf.where(self.calls > self.nan_after_calls, tf.constant(np.nan, tf.float32), loss)
+    return {'loss': loss}
+
+
+def _images(n, seed=0, size=4):
+  return np.random.RandomState(seed).randint(0, 256, size=(n, size, size, 3)).astype(np.int32)
+
+
+def _input_fn(images):
+  def input_fn(params):
+    ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': np.zeros(len(images), np.int32)})
+    return ds.repeat().batch(params['batch_size'], drop_remainder=True)
+  return input_fn
+
+
+def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0):
+  """TF1 AdamOptimizer + warmup + global-norm clipping + EMA, written out in NumPy."""
+  w, m, v = np.array(w0, np.float64), np.zeros(3), np.zeros(3)
+  shadow = w.copy()
+  b1, b2, eps = 0.9, 0.999, 1e-8
+  b1p, b2p = b1, b2
+  for step in range(steps):
+    x = images[step * bs:(step + 1) * bs] / 127.5 - 1.
+    feats = x.mean(axis=(1, 2))
+    grad = (2. * (w * feats - 0.5) * feats).mean(axis=0) / 3. * 100.
+    norm = np.sqrt((grad ** 2).sum())
+    grad = grad * min(1., grad_clip / norm)
+    lr_t = lr * min(step / warmup, 1.)
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad ** 2
+    w = w - lr_t * np.sqrt(1 - b2p) / (1 - b1p) * m / (np.sqrt(v) + eps)
+    b1p, b2p = b1p * b1, b2p * b2
+    decay = 1e-10 if step < 1 else ema_decay
+    shadow = shadow - (1 - decay) * (shadow - w)
+  return w, shadow, m, v
+
+
+def test_optimizer_warmup_clipping_ema_match_hand_computation(tmp_path):
+  images = _images(64)
+  kw = dict(lr=0.1, warmup=4, grad_clip=1.0, ema_decay=0.9)
+  state = tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
+      log_dir=str(tmp_path), exp_name='tiny', max_steps=6, log_fn=lambda *_: None, **kw)
+  w, shadow, m, v = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
+  # float32 training vs a float64 reference: clipped gradients have norm 1, so absolute
+  # errors of ~1e-6 are float32 rounding; a wrong formula is off by orders of magnitude more.
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
+  np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
+  np.testing.assert_allclose(state.optimizer.m[0].numpy(), m, **tol)
+  np.testing.assert_allclose(state.optimizer.v[0].numpy(), v, rtol=1e-4, atol=1e-8)
+  assert int(state.global_step.numpy()) == 6
+  # The checkpoint holds every variable under its TF1 name.
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(state.model_dir))
+  names = set(reader.get_variable_to_shape_map())
+  assert names == {'model/w/W', 'model/w/W/ExponentialMovingAverage', 'model/w/W/Adam',
+                   'model/w/W/Adam_1', 'beta1_power', 'beta2_power', 'global_step'}
+  np.testing.assert_allclose(reader.get_tensor('model/w/W/ExponentialMovingAverage'), shadow, rtol=2e-5)
+  np.testing.assert_allclose(reader.get_tensor('beta1_power'), 0.9 ** 7, rtol=1e-5)
+
+
+def test_step_zero_has_zero_lr_and_ema_copies(tmp_path):
+  images = _images(16)
+  state = tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
+      lr=0.1, warmup=10, grad_clip=1.0, ema_decay=0.9999, log_dir=str(tmp_path), exp_name='s0',
+      max_steps=1, log_fn=lambda *_: None)
+  # lr is 0 at step 0: weights unchanged, but Adam's moments moved and the EMA copied the weights.
+  np.testing.assert_array_equal(state.variables[0].numpy(), np.float32([0.3, -0.2, 0.1]))
+  np.testing.assert_array_equal(state.ema_shadows[0].numpy(), state.variables[0].numpy())
+  assert np.abs(state.optimizer.m[0].numpy()).sum() > 0
+
+
+def test_per_replica_clipping_on_one_replica_equals_global(tmp_path):
+  images = _images(32)
+  outs = []
+  for mode in tpu_utils.CLIP_MODES:
+    state = tpu_utils.run_training(
+        model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+        optimizer='adam', lr=0.1, warmup=2, grad_clip=0.5, log_dir=str(tmp_path), exp_name=mode,
+        max_steps=4, clip_mode=mode, log_fn=lambda *_: None)
+    outs.append(state.variables[0].numpy())
+  np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  images = _images(64)
+  with pytest.raises(FloatingPointError, match='Non-finite loss'):
+    tpu_utils.run_training(
+        model_constructor=lambda: TinyModel(nan_after_calls=2), train_input_fn=_input_fn(images),
+        total_bs=8, optimizer='adam', lr=0.1, warmup=1, grad_clip=1.0, log_dir=str(tmp_path),
+        exp_name='nan', max_steps=10, save_every_steps=2, log_fn=lambda *_: None)
+  model_dir = tmp_path / time.strftime('%Y-%m-%d') / 'nan'
+  latest = tf.train.latest_checkpoint(str(model_dir))
+  assert latest.endswith('model.ckpt-2')
+  reader = tf.train.load_checkpoint(latest)
+  assert np.isfinite(reader.get_tensor('model/w/W')).all()
+  assert not tf.io.gfile.glob(str(model_dir / 'model.ckpt-4*'))
+
+
+def test_kwargs_conflict_is_refused_unless_allowed(tmp_path):
+  images = _images(16)
+  common = dict(model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+                optimizer='adam', warmup=1, grad_clip=1.0, log_dir=str(tmp_path), exp_name='kw',
+                max_steps=1, log_fn=lambda *_: None)
+  tpu_utils.run_training(lr=0.1, dump_kwargs={'lr': 0.1, 'log_dir': 'a'}, **common)
+  with pytest.raises(tpu_utils.KwargsMismatchError, match=r'lr: existing 0\.1, now 0\.2'):
+    tpu_utils.run_training(lr=0.2, dump_kwargs={'lr': 0.2, 'log_dir': 'a'}, **common)
+  # Operational flags may change on resume.
+  tpu_utils.run_training(lr=0.1, dump_kwargs={'lr': 0.1, 'log_dir': 'b'}, **dict(common, max_steps=2))
+  model_dir = os.path.join(tmp_path, time.strftime('%Y-%m-%d'), 'kw')
+  state = tpu_utils.run_training(lr=0.2, dump_kwargs={'lr': 0.2, 'log_dir': 'b'},
+                                 allow_kwargs_mismatch=True, **dict(common, max_steps=3))
+  assert int(state.global_step.numpy()) == 3
+  assert json.load(open(os.path.join(model_dir, 'kwargs.json')))['lr'] == 0.2
+  backups = [f for f in os.listdir(model_dir) if f.startswith('kwargs.json.') and f.endswith('.bak')]
+  assert backups and any(json.load(open(os.path.join(model_dir, b)))['lr'] == 0.1 for b in backups)
+
+
+def test_resume_continues_from_latest_checkpoint(tmp_path):
+  images = _images(64)
+  common = dict(model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+                optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, log_dir=str(tmp_path),
+                exp_name='resume', log_fn=lambda *_: None)
+  tpu_utils.run_training(max_steps=3, **common)
+  state = tpu_utils.run_training(max_steps=5, **common)
+  assert int(state.global_step.numpy()) == 5
+  # Adam's bias-correction accumulators carried over: 0.9^(5+1).
+  np.testing.assert_allclose(state.optimizer.beta1_power.numpy(), 0.9 ** 6, rtol=1e-5)
+  files = sorted(os.listdir(state.model_dir))
+  assert 'model.ckpt-5.index' in files and 'model.ckpt-3.index' in files
+
+
+# ----------------------------------------------------------------------------- strategies
+
+_MIRRORED_SCRIPT = textwrap.dedent('''
+    import sys, json, numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from diffusion_tf.models.unet import UNet
+    from diffusion_tf import diffusion_utils_2 as d2
+    from diffusion_tf.tpu_utils import tpu_utils
+
+    class DeterministicModel(tpu_utils.Model):
+      # t and noise are functions of each example, so splitting a batch across replicas
+      # changes nothing but the arithmetic's grouping.
+      def __init__(self):
+        tf.random.set_seed(0)
+        self.net = UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), out_ch=3,
+                        in_ch=3, resolution=8)
+        self.diffusion = d2.GaussianDiffusion2(
+            betas=d2.get_beta_schedule('linear', beta_start=1e-4, beta_end=0.02, num_diffusion_timesteps=100),
+            model_mean_type='eps', model_var_type='fixedlarge', loss_type='mse')
+      def train_fn(self, x, y):
+        t = tf.cast(tf.reduce_sum(tf.abs(x) * 1000., axis=[1, 2, 3]), tf.int32) % 100
+        noise = tf.sin(37. * x + 11.)
+        return {'loss': tf.reduce_mean(self.diffusion.training_losses(
+            lambda x_, t_: self.net(x_, t_, training=True), x, t, noise=noise))}
+
+    images = np.random.RandomState(0).randint(0, 256, size=(64, 8, 8, 3)).astype(np.int32)
+    def input_fn(params):
+      return tf.data.Dataset.from_tensor_slices({'image': images, 'label': np.zeros(64, np.int32)}).repeat().batch(
+          params['batch_size'], drop_remainder=True)
+    strategy = (tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']) if sys.argv[1] == 'mirrored'
+                else tf.distribute.get_strategy())
+    losses = []
+    state = tpu_utils.run_training(model_constructor=DeterministicModel, train_input_fn=input_fn, total_bs=8,
+        optimizer='adam', lr=1e-3, warmup=1, grad_clip=1., log_dir=sys.argv[2], exp_name=sys.argv[1],
+        max_steps=3, strategy=strategy, log_fn=lambda s: losses.append(s))
+    np.savez(sys.argv[3], **{v.name: v.numpy() for v in state.variables},
+             **{'ema/' + s.name: s.numpy() for s in state.ema_shadows})
+    print('REPLICAS', strategy.num_replicas_in_sync)
+''')
+
+
+def _run(args, **kw):
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+def test_mirrored_strategy_matches_default_strategy(tmp_path):
+  script = tmp_path / 'mirrored.py'
+  script.write_text(_MIRRORED_SCRIPT)
+  results = {}
+  for kind in ('default', 'mirrored'):
+    out = tmp_path / f'{kind}.npz'
+    proc = _run([sys.executable, str(script), kind, str(tmp_path / 'logs'), str(out)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'REPLICAS {2 if kind == "mirrored" else 1}' in proc.stdout
+    results[kind] = dict(np.load(out))
+  assert results['default'].keys() == results['mirrored'].keys()
+  moved = 0
+  for name, value in results['default'].items():
+    np.testing.assert_allclose(results['mirrored'][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    moved += name.endswith('conv1/W:0')
+  assert moved > 0
+
+
+# ----------------------------------------------------------------------------- the digits script
+
+_DIGITS = [sys.executable, 'scripts/run_digits.py', 'train', '--resolution', '8',
+           '--num_sample_images', '0', '--total_bs', '8']
+
+
+def _digits_model_dir(log_dir, exp_name):
+  kw = runners.script_defaults(__import__('scripts.run_digits', fromlist=['train']).train)
+  kw.update(exp_name=exp_name, total_bs=8)
+  return os.path.join(log_dir, '9999-99-99', runners.experiment_name(kw))
+
+
+def _wait_for(proc, pattern, timeout):
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if pattern in line:
+      return lines
+  raise AssertionError(f'{pattern!r} not seen; output:\n' + ''.join(lines[-30:]))
+
+
+def _popen(args):
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _assert_checkpoints_readable(model_dir):
+  prefixes = tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths
+  assert prefixes
+  for p in prefixes:
+    p = p if os.path.isabs(p) else os.path.join(model_dir, p)
+    assert int(tf.train.load_checkpoint(p).get_tensor('global_step')) == int(p.rsplit('-', 1)[1])
+
+
+def test_sigterm_saves_and_rerun_resumes(tmp_path):
+  log_dir = str(tmp_path)
+  proc = _popen(_DIGITS + ['--log_dir', log_dir, '--exp_name', 'term', '--max_steps', '100000'])
+  try:
+    _wait_for(proc, 'step 2', timeout=240)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, out[-3000:]
+  assert '(signal)' in out
+  model_dir = _digits_model_dir(log_dir, 'term')
+  step = int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1])
+  assert step >= 2
+  proc = _run(_DIGITS + ['--log_dir', log_dir, '--exp_name', 'term', '--max_steps', str(step + 3)],
+              timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert f'Resuming from' in proc.stdout and f'(step {step})' in proc.stdout
+  assert tf.train.latest_checkpoint(model_dir).endswith(f'model.ckpt-{step + 3}')
+  _assert_checkpoints_readable(model_dir)
+
+
+def test_hard_kill_between_checkpoints_resumes_from_last_checkpoint(tmp_path):
+  log_dir = str(tmp_path)
+  args = _DIGITS + ['--log_dir', log_dir, '--exp_name', 'kill', '--save_every_steps', '2']
+  proc = _popen(args + ['--max_steps', '100000'])
+  try:
+    _wait_for(proc, 'model.ckpt-4', timeout=240)
+    proc.kill()  # SIGKILL: no chance to save
+    proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  model_dir = _digits_model_dir(log_dir, 'kill')
+  _assert_checkpoints_readable(model_dir)
+  step = int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1])
+  proc = _run(args + ['--max_steps', str(step + 2)], timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert tf.train.latest_checkpoint(model_dir).endswith(f'model.ckpt-{step + 2}')
+  _assert_checkpoints_readable(model_dir)
+
+
+# ----------------------------------------------------------------------------- scripts: names and paths
+
+def _script(name):
+  return __import__(f'scripts.{name}', fromlist=['train'])
+
+
+@pytest.mark.parametrize('script, expected', [
+    ('run_cifar', 'EXP_cifar10_unet2d16b2_adam_bs128_lr0.0002w5000_beta0.0001-0.02-linear_t1000_'
+                  'eps-fixedlarge-mse_dropout0.1_randflip1'),
+    ('run_celebahq', 'EXP_celebahq256_unet2d16b2c112244_adam_bs64_lr2e-05w5000_beta0.0001-0.02-linear_'
+                     't1000_noisepred_dropout0.0_randflip1_blk1'),
+    ('run_lsun', 'EXP_lsun_unet2d16b2c112244_adam_bs64_lr2e-05w5000_beta0.0001-0.02-linear_t1000_'
+                 'noisepred_dropout0.0_randflip1_blk1'),
+])
+def test_experiment_names_match_the_original(script, expected):
+  assert runners.experiment_name(runners.script_defaults(_script(script).train)) == expected
+
+
+def test_bucket_prefix_maps_every_path_flag(monkeypatch):
+  seen = {}
+
+  def fake_get_dataset(kw):
+    seen.update(kw)
+    raise RuntimeError('stop here')
+
+  monkeypatch.setattr(runners, 'get_dataset_from_kwargs', fake_get_dataset)
+  with pytest.raises(RuntimeError, match='stop here'):
+    _script('run_lsun').train(bucket_name_prefix='mybucket', region='us-central1', exp_name='E')
+  assert seen['tfr_file'] == 'gs://mybucket-us-central1/tensorflow_datasets/lsun/church/church-r08.tfrecords'
+  assert seen['log_dir'] == 'gs://mybucket-us-central1/logs'
+  assert seen['region'] == 'us-central1'
+  seen.clear()
+  monkeypatch.setenv('DIFFUSION_TF_REGION', 'europe-west4')
+  with pytest.raises(RuntimeError, match='stop here'):
+    _script('run_cifar').train(bucket_name_prefix='p', exp_name='E')
+  assert seen['tfds_data_dir'] == 'gs://p-europe-west4/tensorflow_datasets'
+  assert seen['log_dir'] == 'gs://p-europe-west4/logs'
+  seen.clear()
+  monkeypatch.delenv('DIFFUSION_TF_REGION')
+  with pytest.raises(RuntimeError, match='stop here'):
+    _script('run_celebahq').train(exp_name='E')
+  assert seen['tfds_data_dir'] == 'tensorflow_datasets' and seen['log_dir'] == 'logs'
+  assert seen['region'] is None
+
+
+def test_original_train_command_stops_at_the_data_check(tmp_path):
+  proc = _run([sys.executable, 'scripts/run_cifar.py', 'train', '--exp_name', 'E', '--tpu_name', 'my-tpu',
+               '--tfds_data_dir', str(tmp_path / 'tfds'), '--log_dir', str(tmp_path / 'logs')], timeout=120)
+  assert proc.returncode != 0
+  assert 'cifar10' in proc.stderr and str(tmp_path / 'tfds') in proc.stderr
+  # Nothing was created for a run that never started.
+  assert not (tmp_path / 'logs').exists()
