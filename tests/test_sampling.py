@@ -1,0 +1,204 @@
+"""DDIM / strided samplers and the scripts' `sample` command on TF1-layout checkpoints."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from diffusion_tf import checkpoints, diffusion_utils as d1, diffusion_utils_2 as d2, runners, sampling
+from diffusion_tf.models import unet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (2, 4, 4, 3)
+
+
+def _betas(T):
+  return d2.get_beta_schedule('linear', beta_start=1e-4, beta_end=0.02 * 1000 / T, num_diffusion_timesteps=T)
+
+
+def _denoise(x, t):
+  # A fixed, smooth stand-in network: depends on x and t like a real eps-predictor would.
+  return 0.3 * x + 0.002 * tf.cast(t, tf.float32)[:, None, None, None]
+
+
+def _fixed_noise():
+  noise = tf.random.stateless_normal(SHAPE, seed=[3, 4])
+  return lambda shape, dtype: tf.cast(noise, dtype)
+
+
+@pytest.mark.parametrize('make', [
+    lambda b: d2.GaussianDiffusion2(betas=b, model_mean_type='eps', model_var_type='fixedsmall', loss_type='mse'),
+    lambda b: d1.GaussianDiffusion(betas=b, loss_type='noisepred'),
+])
+def test_ddim_eta1_all_steps_equals_posterior_variance_ancestral(make):
+  diffusion = make(_betas(50))
+  noise_fn = _fixed_noise()
+  ancestral = diffusion.p_sample_loop(_denoise, shape=SHAPE, noise_fn=noise_fn)
+  ddim = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, eta=1.0, noise_fn=noise_fn)
+  np.testing.assert_allclose(ddim.numpy(), ancestral.numpy(), atol=2e-5)
+  # eta=0 is a different sampler: it must not coincide.
+  ddim0 = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, eta=0.0, noise_fn=noise_fn)
+  assert np.abs(ddim0.numpy() - ancestral.numpy()).max() > 1e-3
+
+
+def test_ddim_eta0_is_deterministic_given_x_T():
+  diffusion = d2.GaussianDiffusion2(betas=_betas(100), model_mean_type='eps',
+                                    model_var_type='fixedlarge', loss_type='mse')
+  x_T = tf.random.stateless_normal(SHAPE, seed=[1, 2])
+  seq = sampling.timestep_sequence(100, 10)
+  a = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, timesteps=seq, eta=0., x_T=x_T)
+  tf.random.set_seed(123)  # a different global RNG state must not matter
+  b = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, timesteps=seq, eta=0., x_T=x_T)
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  c = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, timesteps=seq, eta=0., x_T=-x_T)
+  assert np.abs(a.numpy() - c.numpy()).max() > 1e-3
+
+
+def test_ddim_matches_numpy_reference():
+  T = 40
+  diffusion = d2.GaussianDiffusion2(betas=_betas(T), model_mean_type='eps',
+                                    model_var_type='fixedlarge', loss_type='mse')
+  x_T = tf.random.stateless_normal(SHAPE, seed=[5, 6])
+  seq = sampling.timestep_sequence(T, 8, 'uniform')
+  got = sampling.ddim_sample_loop(diffusion, _denoise, shape=SHAPE, timesteps=seq, eta=0., x_T=x_T)
+  ac = np.cumprod(1 - _betas(T))
+  x = x_T.numpy().astype(np.float64)
+  for i in reversed(range(len(seq))):
+    t = seq[i]
+    a_t, a_prev = ac[t], (ac[seq[i - 1]] if i > 0 else 1.)
+    eps = 0.3 * x + 0.002 * t
+    x0 = np.clip((x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t), -1, 1)
+    eps = (x - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
+    x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+  np.testing.assert_allclose(got.numpy(), x, atol=1e-4)
+
+
+@pytest.mark.parametrize('spacing', sampling.SPACINGS)
+@pytest.mark.parametrize('steps', [1, 10, 50, 100, 999, 1000])
+def test_strided_schedules_have_requested_length_and_end_at_zero(steps, spacing):
+  seq = sampling.timestep_sequence(1000, steps, spacing)
+  assert len(seq) == steps and seq[0] == 0 and seq[-1] < 1000
+  assert (np.diff(seq) > 0).all()
+
+
+def test_timestep_sequence_rejects_bad_steps():
+  with pytest.raises(ValueError, match='--steps'):
+    sampling.timestep_sequence(1000, 0)
+  with pytest.raises(ValueError, match='--steps'):
+    sampling.timestep_sequence(1000, 1001)
+
+
+def test_respaced_process_keeps_the_marginals():
+  diffusion = d2.GaussianDiffusion2(betas=_betas(1000), model_mean_type='eps',
+                                    model_var_type='fixedlarge', loss_type='mse')
+  seq = sampling.timestep_sequence(1000, 25)
+  new, wrap = sampling.respace(diffusion, seq)
+  assert new.num_timesteps == 25
+  np.testing.assert_allclose(new.alphas_cumprod, diffusion.alphas_cumprod[seq], rtol=1e-12)
+  seen = []
+  wrapped = wrap(lambda x, t: seen.append(t) or tf.zeros_like(x))
+  new.p_sample_loop(wrapped, shape=SHAPE)
+  # The network sees original timesteps.
+  assert any(isinstance(t, tf.Tensor) for t in seen)
+
+
+def test_respacing_all_steps_is_the_original_sampler():
+  diffusion = d2.GaussianDiffusion2(betas=_betas(30), model_mean_type='eps',
+                                    model_var_type='fixedsmall', loss_type='mse')
+  new, wrap = sampling.respace(diffusion, np.arange(30))
+  noise_fn = _fixed_noise()
+  a = diffusion.p_sample_loop(_denoise, shape=SHAPE, noise_fn=noise_fn)
+  b = new.p_sample_loop(wrap(_denoise), shape=SHAPE, noise_fn=noise_fn)
+  np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the sample command
+
+def _write_original_layout_checkpoint(prefix, net, step, seed=0):
+  """A checkpoint like the authors' release: raw weights, EMA shadows, Adam slots, step."""
+  rng = np.random.RandomState(seed)
+  var_list, ema_values = {}, {}
+  for v in net.trainable_variables:
+    name = unet.tf1_name(v)
+    shape = v.shape.as_list()
+    var_list[name] = tf.Variable(rng.normal(0, 0.05, shape).astype(np.float32))
+    ema_values[name] = rng.normal(0, 0.05, shape).astype(np.float32)
+    var_list[name + '/ExponentialMovingAverage'] = tf.Variable(ema_values[name])
+    var_list[name + '/Adam'] = tf.Variable(np.zeros(shape, np.float32))
+    var_list[name + '/Adam_1'] = tf.Variable(np.zeros(shape, np.float32))
+  var_list['beta1_power'] = tf.Variable(0.5)
+  var_list['beta2_power'] = tf.Variable(0.5)
+  var_list['global_step'] = tf.Variable(step, dtype=tf.int64)
+  saver = tf.compat.v1.train.Saver(var_list=var_list)
+  return saver.save(None, prefix, global_step=step, write_meta_graph=False), ema_values
+
+
+def _run(args):
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
+  import scripts.run_digits as run_digits
+  kw = runners.script_defaults(run_digits.train)
+  model = runners.make_model(kw, (16, 16, 3))
+  prefix, ema = _write_original_layout_checkpoint(str(tmp_path / 'release' / 'model.ckpt'), model.net, 790)
+  out = str(tmp_path / 'out' / 'grid')
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '6',
+               '--batch_size', '4', '--sampler', 'ddim', '--steps', '5', '--out', out])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'EMA weights' in proc.stdout and 'step 790' in proc.stdout
+  samples = np.load(out + '.npz')['samples']
+  assert samples.shape == (6, 16, 16, 3) and samples.dtype == np.uint8
+  assert len({s.tobytes() for s in samples}) == 6
+  assert Image.open(out + '.png').size[0] > 16
+  # Never silently overwritten.
+  before = os.path.getmtime(out + '.npz')
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '2',
+               '--sampler', 'ddim', '--steps', '2', '--out', out])
+  assert proc.returncode != 0 and 'exists' in proc.stderr
+  assert os.path.getmtime(out + '.npz') == before
+
+
+def test_sample_uses_ema_by_default_and_raw_on_request(tmp_path):
+  import scripts.run_digits as run_digits
+  kw = runners.script_defaults(run_digits.train)
+  model = runners.make_model(kw, (16, 16, 3))
+  prefix, ema = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), model.net, 5)
+  for use_ema in (True, False):
+    loaded, _, _, step = runners.load_model_for_sampling(run_digits.train, ckpt=prefix, ema=use_ema)
+    w = {unet.tf1_name(v): v.numpy() for v in loaded.net.trainable_variables}
+    name = 'model/conv_in/W'
+    reader = tf.train.load_checkpoint(prefix)
+    expected = ema[name] if use_ema else reader.get_tensor(name)
+    np.testing.assert_array_equal(w[name], expected)
+    assert step == 5
+
+
+def test_sample_command_on_full_size_cifar_checkpoint(tmp_path):
+  """The released CIFAR-10 layout at full size (random values): loads and samples."""
+  net = unet.UNet(**unet.MODEL_CONFIGS['unet2d16b2'], out_ch=3, resolution=32)
+  prefix, _ = _write_original_layout_checkpoint(
+      str(tmp_path / 'diffusion_cifar10_model' / 'model.ckpt'), net, 790000)
+  reader = tf.train.load_checkpoint(prefix)
+  assert len(reader.get_variable_to_shape_map()) == 4 * 328 + 3  # 1315, as the spec expects
+  out = str(tmp_path / 'cifar')
+  proc = _run(['scripts/run_cifar.py', 'sample', '--ckpt', prefix, '--num_samples', '2',
+               '--batch_size', '2', '--sampler', 'ddim', '--steps', '2', '--out', out])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'step 790000' in proc.stdout
+  assert np.load(out + '.npz')['samples'].shape == (2, 32, 32, 3)
+
+
+def test_sample_rejects_wrong_configuration_with_a_clear_error(tmp_path):
+  net = unet.UNet(**unet.MODEL_CONFIGS['unet_digits'], out_ch=6, resolution=16)
+  prefix, _ = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), net, 1)
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '1',
+               '--sampler', 'ddim', '--steps', '1', '--out', str(tmp_path / 'x')])
+  assert proc.returncode != 0
+  assert 'conv_out/W' in proc.stderr and 'shape mismatch' in proc.stderr
