@@ -303,3 +303,99 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
   images = write_samples(out, samples, overwrite=overwrite)
   print(f'Wrote {out}.npz ({images.shape[0]} samples) and {out}.png')
   return images
+
+
+# ============================================================================= evaluation commands
+# The bodies of the scripts' ``evaluation`` (FID / IS, `EvalWorker`) and ``simple_eval``
+# (bits/dim, progressive samples, `SimpleEvalWorker`) commands.
+
+def load_eval_kwargs(model_dir):
+  """The run's kwargs.json (``--model_dir`` is taken verbatim, as in the original)."""
+  path = os.path.join(model_dir, 'kwargs.json')
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path} not found: --model_dir must be a training run directory '
+                            f'(holding kwargs.json and the model.ckpt-* files)')
+  return tpu_utils.load_train_kwargs(model_dir)
+
+
+def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None):
+  """The run's data set, with the evaluation's data-path flags (mapped to the bucket when
+  ``bucket_name_prefix`` is given) overriding those recorded in kwargs.json."""
+  kw = dict(kw)
+  _, paths = resolve_paths(bucket_name_prefix, region,
+                           **{k: v for k, v in (data_paths or {}).items() if v is not None})
+  kw.update(paths)
+  for k, v in paths.items():
+    print(f'{k}: {v}')
+  ds = get_dataset_from_kwargs(kw)
+  ds.check_available()  # fail before building the model or connecting to a TPU
+  return kw, ds
+
+
+def make_eval_extractor(inception_graph=None, *, allow_stand_in=False):
+  """The Inception network (``inception_graph``: a .pb / .tar.gz path, else located or
+  downloaded as `inception.locate_inception_graph` does).
+
+  With ``allow_stand_in`` (the built-in digits set) and no graph given or present locally,
+  nothing is downloaded and the random-projection stand-in extractor is used instead.
+  """
+  from .tpu_utils import inception
+  if inception_graph or not allow_stand_in:
+    return inception.make_inception_extractor(inception_graph)
+  try:
+    pb = inception.locate_inception_graph(download=False)
+  except inception.InceptionGraphNotFound:
+    extractor = inception.make_random_projection_extractor()
+    print(f'No Inception graph given (--inception_graph) or found locally: using the '
+          f'random-projection stand-in feature extractor ({extractor.name}) for the digits set. '
+          f'Its FID / IS are only comparable with each other, not with Inception-based numbers.',
+          flush=True)
+    return extractor
+  return inception.load_inception_graph(pb)
+
+
+def evaluation(*, model_dir, total_bs, num_inception_samples, tpu_name=None,
+               bucket_name_prefix=None, region=None, data_paths=None, once=False,
+               dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
+               sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None,
+               seed=0, stats_cache_dir=None, allow_stand_in_extractor=False, poll_interval=60,
+               timeout=None):
+  """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
+
+  Reads the model configuration from ``<model_dir>/kwargs.json``; loads the feature
+  extractor first (not needed with ``dump_samples_only``), so a missing Inception graph is
+  reported before any work. Returns None.
+  """
+  from .tpu_utils import eval_worker
+  kw = load_eval_kwargs(model_dir)
+  extractor = None
+  if not dump_samples_only:
+    extractor = make_eval_extractor(inception_graph, allow_stand_in=allow_stand_in_extractor)
+  kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
+                        data_paths=data_paths)
+  strategy = tpu_utils.resolve_strategy(tpu_name)
+  worker = eval_worker.EvalWorker(
+      lambda: make_model(kw, ds.image_shape, ds.num_classes), total_bs, ds,
+      inception_bs=total_bs, num_inception_samples=num_inception_samples,
+      limit_dataset_size=limit_dataset_size, extractor=extractor, stats_cache_dir=stats_cache_dir,
+      sampler=sampler, steps=steps, eta=eta, spacing=spacing, strategy=strategy)
+  worker.run(logdir=model_dir, once=once, skip_non_ema_pass=True,
+             dump_samples_only=dump_samples_only, load_ckpt=load_ckpt, samples_dir=samples_dir,
+             seed=seed, poll_interval=poll_interval, timeout=timeout)
+
+
+def simple_eval(*, model_dir, mode, total_bs, tpu_name=None, bucket_name_prefix=None, region=None,
+                data_paths=None, load_ckpt=None, max_batches=None, num_samples=50000, seed=0):
+  """The ``simple_eval`` command: bits/dim or progressive samples of the EMA model
+  (`SimpleEvalWorker`). Returns None."""
+  from .tpu_utils import simple_eval_worker
+  if mode not in simple_eval_worker.MODES:
+    raise NotImplementedError(f'--mode {mode!r}; expected one of {simple_eval_worker.MODES}')
+  kw = load_eval_kwargs(model_dir)
+  kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
+                        data_paths=data_paths)
+  strategy = tpu_utils.resolve_strategy(tpu_name)
+  worker = simple_eval_worker.SimpleEvalWorker(
+      lambda: make_model(kw, ds.image_shape, ds.num_classes), total_bs, ds, strategy=strategy)
+  worker.run(mode, model_dir, load_ckpt, max_batches=max_batches, num_samples=num_samples,
+             seed=seed)

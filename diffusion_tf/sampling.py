@@ -149,48 +149,74 @@ def _ddim_impl(diffusion, denoise_fn, shape, timesteps, eta, noise_fn, clip_deno
 
 # ----------------------------------------------------------------------------- batched generation
 
-def sample_batch(model, batch_size, *, sampler='ddpm', steps=None, eta=0., spacing='uniform'):
-  """One batch of samples, float32 [B, H, W, C] in [-1, 1] (not clipped).
+def batch_seed(seed, index):
+  """The noise seed of batch (or shard) ``index`` of a run seeded with ``seed``."""
+  return (int(seed) * 100003 + int(index)) % (2 ** 63 - 1)
 
-  ``model`` is a script model (``.diffusion``, ``.denoise``, ``.image_shape``).
+
+class Sampler:
+  """Draws batches (float32 [B, H, W, C] in [-1, 1], not clipped) from a script model
+  (``.diffusion``, ``.denoise``, ``.image_shape``) with one of the samplers.
+
+  The noise comes from a `tf.random.Generator` reset to each batch's seed: resetting the
+  global seed would not reseed an already-compiled sampling loop. Created under a
+  strategy's scope, the generator gives every replica its own stream.
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
-  diffusion, shape = model.diffusion, (batch_size, *model.image_shape)
-  T = diffusion.num_timesteps
-  if sampler == 'ddim':
-    return ddim_sample_loop(diffusion, model.denoise, shape=shape,
-                            timesteps=timestep_sequence(T, steps, spacing), eta=eta)
-  if steps is None or steps == T:
-    return diffusion.p_sample_loop(model.denoise, shape=shape)
-  new, wrap = _respaced(diffusion, steps, spacing)
-  return new.p_sample_loop(wrap(model.denoise), shape=shape)
 
+  def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', strategy=None):
+    if sampler not in SAMPLERS:
+      raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
+    self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
+    self.diffusion = model.diffusion
+    T = self.diffusion.num_timesteps
+    self.steps = None if steps in (None, T) else int(steps)
+    self.timesteps = timestep_sequence(T, self.steps, spacing)  # validates before any work
+    self.strategy = strategy or tf.distribute.get_strategy()
+    with self.strategy.scope():
+      self._gen = tf.random.Generator.from_seed(0)
+    self._respaced = None
+    if sampler == 'ddpm' and self.steps is not None:
+      self._respaced = respace(self.diffusion, self.timesteps)
 
-_RESPACED = {}
+  def describe(self):
+    T = self.diffusion.num_timesteps
+    s = f'{self.sampler} with {self.steps or T} of {T} steps'
+    if self.steps:
+      s += f' ({self.spacing} spacing)'
+    return s + (f', eta={self.eta}' if self.sampler == 'ddim' else '')
 
+  def noise(self, shape, dtype=tf.float32):
+    return self._gen.normal(shape, dtype=dtype)
 
-def _respaced(diffusion, steps, spacing):
-  key = (id(diffusion), steps, spacing)
-  if key not in _RESPACED:  # holding `diffusion` keeps its id from being reused
-    _RESPACED[key] = (diffusion, *respace(diffusion, timestep_sequence(diffusion.num_timesteps,
-                                                                       steps, spacing)))
-  return _RESPACED[key][1:]
+  def sample(self, batch_size):
+    """One batch as a tensor, with the generator's current noise stream."""
+    shape = (batch_size, *self.model.image_shape)
+    if self.sampler == 'ddim':
+      return ddim_sample_loop(self.diffusion, self.model.denoise, shape=shape,
+                              timesteps=self.timesteps, eta=self.eta, noise_fn=self.noise)
+    if self._respaced is None:
+      return self.diffusion.p_sample_loop(self.model.denoise, shape=shape, noise_fn=self.noise)
+    new, wrap = self._respaced
+    return new.p_sample_loop(wrap(self.model.denoise), shape=shape, noise_fn=self.noise)
+
+  def __call__(self, batch_size, seed):
+    """One batch drawn with noise seed ``seed``: float32 numpy [batch_size, H, W, C]."""
+    self._gen.reset_from_seed(int(seed))
+    return self.sample(batch_size).numpy()
 
 
 def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=None, eta=0.,
-                     spacing='uniform', seed=None, log_fn=print):
-  """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress."""
-  if seed is not None:
-    tf.random.set_seed(seed)
+                     spacing='uniform', seed=0, log_fn=print):
+  """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress.
+  Batch i uses noise seed ``batch_seed(seed, i)``, so a seed fixes the samples."""
+  draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing)
   out, t0 = [], time.time()
   num_batches = math.ceil(num_samples / batch_size)
   for i in range(num_batches):
-    out.append(sample_batch(model, batch_size, sampler=sampler, steps=steps, eta=eta,
-                            spacing=spacing).numpy())
+    out.append(draw(min(batch_size, num_samples - i * batch_size), batch_seed(seed, i)))
     if log_fn:
       done = (i + 1) / num_batches
       elapsed = time.time() - t0
       log_fn(f'sampled batch {i + 1}/{num_batches} ({min((i + 1) * batch_size, num_samples)} '
-             f'images) {elapsed:.0f}s elapsed, ETA {elapsed / done * (1 - done):.0f}s')
-  return np.concatenate(out)[:num_samples]
+             f'images, {draw.describe()}) {elapsed:.0f}s elapsed, ETA {elapsed / done * (1 - done):.0f}s')
+  return np.concatenate(out)

@@ -29,5 +29,45 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
   return runners.train(dict(locals()), iterations_per_loop=2000)
 
 
+def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
+               dump_samples_only=False, total_bs=256, tfds_data_dir='tensorflow_datasets',
+               load_ckpt=None,
+               *, region=None, num_inception_samples=50000, samples_dir=None, sampler='ddpm',
+               steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
+               stats_cache_dir=None):
+  """FID / Inception Score of the EMA weights: 50000 samples against the train (49920) and
+  test (9984) images. Watches --model_dir for new checkpoints unless --once or --load_ckpt
+  (e.g. model.ckpt-790000); --dump_samples_only writes the samples as .npz shards instead.
+  --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
+  eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
+  Inception network (default: located in the cache or downloaded once, see inception.py).
+  Reference statistics of the real images are cached (--stats_cache_dir)."""
+  runners.evaluation(model_dir=model_dir, tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
+                     region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
+                     dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
+                     num_inception_samples=num_inception_samples, samples_dir=samples_dir,
+                     sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+
+
+def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eval', load_ckpt=None,
+                total_bs=256, tfds_data_dir='tensorflow_datasets',
+                *, max_batches=None, region=None):
+  """Bits/dim of every train or test image (--mode bpd_train / bpd_eval) or progressive
+  x0-prediction samples (--mode progressive_samples) of the EMA weights of --load_ckpt
+  (default: the latest checkpoint), written under <model_dir>/simple_eval/."""
+  runners.simple_eval(model_dir=model_dir, mode=mode, total_bs=total_bs, tpu_name=tpu_name,
+                      bucket_name_prefix=bucket_name_prefix, region=region,
+                      data_paths={'tfds_data_dir': tfds_data_dir}, load_ckpt=load_ckpt,
+                      max_batches=max_batches)
+
+
+def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
+           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False):
+  """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
+  diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  runners.sample(train, **locals())
+
+
 if __name__ == '__main__':
-  fire.Fire()
+  fire.Fire({'train': train, 'sample': sample, 'evaluation': evaluation, 'simple_eval': simple_eval})

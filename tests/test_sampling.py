@@ -202,3 +202,18 @@ def test_sample_rejects_wrong_configuration_with_a_clear_error(tmp_path):
                '--sampler', 'ddim', '--steps', '1', '--out', str(tmp_path / 'x')])
   assert proc.returncode != 0
   assert 'conv_out/W' in proc.stderr and 'shape mismatch' in proc.stderr
+
+
+def test_generate_samples_seed_fixes_the_samples():
+  import scripts.run_digits as run_digits
+  kw = dict(runners.script_defaults(run_digits.train), num_diffusion_timesteps=20, resolution=8)
+  model = runners.make_model(kw, (8, 8, 3))
+  kwargs = dict(sampler='ddpm', log_fn=None)
+  a = sampling.generate_samples(model, 5, 3, seed=1, **kwargs)
+  b = sampling.generate_samples(model, 5, 3, seed=2, **kwargs)
+  c = sampling.generate_samples(model, 5, 3, seed=1, **kwargs)
+  assert a.shape == (5, 8, 8, 3)
+  np.testing.assert_array_equal(a, c)
+  assert np.abs(a - b).min() > 0 or np.abs(a - b).max() > 1e-3
+  # Batches do not repeat each other's noise.
+  assert np.abs(a[0] - a[3]).max() > 1e-3
