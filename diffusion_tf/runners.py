@@ -257,14 +257,7 @@ def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True):
   if bool(model_dir) == bool(ckpt):
     raise ValueError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint prefix)')
   prefix = checkpoints.resolve_checkpoint(model_dir or ckpt)
-  kwargs_path = os.path.join(model_dir or os.path.dirname(prefix), 'kwargs.json')
-  if tf.io.gfile.exists(kwargs_path):
-    kw = dict(script_defaults(train_fn), **utils.read_json(kwargs_path))
-  elif model_dir:
-    raise FileNotFoundError(f'{kwargs_path} not found: --model_dir must be a training run directory '
-                            f'(use --ckpt for a bare checkpoint)')
-  else:
-    kw = script_defaults(train_fn)
+  kw = read_run_kwargs(model_dir or os.path.dirname(prefix), script_defaults(train_fn))
   image_shape = get_dataset_from_kwargs(kw).image_shape  # needs no data on disk
   model = make_model(kw, image_shape)
   step = checkpoints.restore_tf1_checkpoint(model.net, prefix, ema=ema)
@@ -309,13 +302,19 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
 # The bodies of the scripts' ``evaluation`` (FID / IS, `EvalWorker`) and ``simple_eval``
 # (bits/dim, progressive samples, `SimpleEvalWorker`) commands.
 
-def load_eval_kwargs(model_dir):
-  """The run's kwargs.json (``--model_dir`` is taken verbatim, as in the original)."""
-  path = os.path.join(model_dir, 'kwargs.json')
-  if not tf.io.gfile.exists(path):
+def read_run_kwargs(run_dir, defaults=None):
+  """A run's kwargs.json over the script's ``defaults``. A directory without kwargs.json
+  (e.g. an unpacked release folder such as ``diffusion_cifar10_model/``) gets the defaults,
+  which are the released models' settings; with no defaults that is an error."""
+  path = os.path.join(run_dir, 'kwargs.json')
+  if tf.io.gfile.exists(path):
+    return dict(defaults or {}, **utils.read_json(path))
+  if defaults is None:
     raise FileNotFoundError(f'{path} not found: --model_dir must be a training run directory '
                             f'(holding kwargs.json and the model.ckpt-* files)')
-  return tpu_utils.load_train_kwargs(model_dir)
+  print(f'No kwargs.json in {run_dir}: using the script\'s default settings (those of the '
+        f'released models).', flush=True)
+  return dict(defaults)
 
 
 def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None):
@@ -354,7 +353,7 @@ def make_eval_extractor(inception_graph=None, *, allow_stand_in=False):
   return inception.load_inception_graph(pb)
 
 
-def evaluation(*, model_dir, total_bs, num_inception_samples, tpu_name=None,
+def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu_name=None,
                bucket_name_prefix=None, region=None, data_paths=None, once=False,
                dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None,
@@ -362,12 +361,13 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, tpu_name=None,
                timeout=None):
   """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
 
-  Reads the model configuration from ``<model_dir>/kwargs.json``; loads the feature
+  Reads the model configuration from ``<model_dir>/kwargs.json`` (or the script's
+  ``defaults`` for a release folder without one); loads the feature
   extractor first (not needed with ``dump_samples_only``), so a missing Inception graph is
   reported before any work. Returns None.
   """
   from .tpu_utils import eval_worker
-  kw = load_eval_kwargs(model_dir)
+  kw = read_run_kwargs(model_dir, defaults)
   extractor = None
   if not dump_samples_only:
     extractor = make_eval_extractor(inception_graph, allow_stand_in=allow_stand_in_extractor)
@@ -384,14 +384,14 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, tpu_name=None,
              seed=seed, poll_interval=poll_interval, timeout=timeout)
 
 
-def simple_eval(*, model_dir, mode, total_bs, tpu_name=None, bucket_name_prefix=None, region=None,
+def simple_eval(*, model_dir, mode, total_bs, defaults=None, tpu_name=None, bucket_name_prefix=None, region=None,
                 data_paths=None, load_ckpt=None, max_batches=None, num_samples=50000, seed=0):
   """The ``simple_eval`` command: bits/dim or progressive samples of the EMA model
   (`SimpleEvalWorker`). Returns None."""
   from .tpu_utils import simple_eval_worker
   if mode not in simple_eval_worker.MODES:
     raise NotImplementedError(f'--mode {mode!r}; expected one of {simple_eval_worker.MODES}')
-  kw = load_eval_kwargs(model_dir)
+  kw = read_run_kwargs(model_dir, defaults)
   kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
                         data_paths=data_paths)
   strategy = tpu_utils.resolve_strategy(tpu_name)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from . import utils
 from .diffusion_base import timestep_loop
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
@@ -206,7 +207,7 @@ class Sampler:
 
 
 def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=None, eta=0.,
-                     spacing='uniform', seed=0, log_fn=print):
+                     spacing='uniform', seed=0, log_fn=utils.log):
   """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress.
   Batch i uses noise seed ``batch_seed(seed, i)``, so a seed fixes the samples."""
   draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import random
-import time
 import urllib.request
 import uuid
 
@@ -212,5 +211,7 @@ def bucket_path(path, bucket_name_prefix, region):
   return f'gs://{bucket_name_prefix}-{region}/{path}'
 
 
-def timestamp():
-  return time.strftime('%Y-%m-%d %H:%M:%S')
+def log(msg):
+  """Progress output: flushed at once, so it shows up promptly in log files too."""
+  print(msg, flush=True)
+

@@ -41,7 +41,8 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
   Reference statistics of the real images are cached (--stats_cache_dir)."""
-  runners.evaluation(model_dir=model_dir, tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
+  runners.evaluation(model_dir=model_dir, defaults=runners.script_defaults(train),
+                     tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
                      region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,

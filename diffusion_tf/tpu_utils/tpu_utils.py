@@ -340,7 +340,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
                  dump_kwargs=None, date_str=None, iterations_per_loop=1000, keep_checkpoint_max=2,
                  max_steps=int(1e10), warm_start_from=None, save_checkpoints_secs=1600,
                  save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
-                 allow_kwargs_mismatch=False, max_seconds_per_loop=30., log_fn=print):
+                 allow_kwargs_mismatch=False, max_seconds_per_loop=30., log_fn=utils.log):
   """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
 
   The run lives in ``<log_dir>/<date_str or today>/<exp_name>``. An existing run is
