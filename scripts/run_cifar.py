@@ -24,8 +24,10 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
           model_mean_type='eps', model_var_type='fixedlarge', loss_type='mse', dropout=0.1,
           randflip=1, tfds_data_dir='tensorflow_datasets', log_dir='logs', keep_checkpoint_max=2,
           *, region=None, max_steps=None, save_every_steps=None, save_checkpoints_secs=1600,
-          clip_mode='global', allow_kwargs_mismatch=False, mixed_precision=None):
-  """Trains the CIFAR-10 model; re-running the same command resumes the run."""
+          clip_mode='global', allow_kwargs_mismatch=False, mixed_precision=None, folder=None,
+          resolution=None):
+  """Trains the CIFAR-10 model; re-running the same command resumes the run.
+  With --dataset folder --folder DIR --resolution R it trains the same recipe on any images."""
   return runners.train(dict(locals()), iterations_per_loop=2000)
 
 
