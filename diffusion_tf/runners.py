@@ -229,6 +229,9 @@ def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
       print(f'{k}: {kw[k]}')
   ds = get_dataset_from_kwargs(kw)
   ds.check_available()  # fail now, not after connecting to a TPU and building the model
+  if kw.get('mixed_precision') == 'float16':
+    print('Note: float16 training runs without loss scaling; bfloat16 is the safe low-precision '
+          'choice (same exponent range as float32).', flush=True)
 
   return tpu_utils.run_training(
       model_constructor=lambda: make_model(kw, ds.image_shape, ds.num_classes),
@@ -252,7 +255,7 @@ def script_defaults(train_fn):
           if p.default is not inspect.Parameter.empty}
 
 
-def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True):
+def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True, mixed_precision=None):
   """(model, kwargs, checkpoint prefix, step) from a run directory or a checkpoint prefix.
 
   A run directory brings its kwargs.json; a bare checkpoint (e.g. the authors'
@@ -263,6 +266,8 @@ def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True):
     raise ValueError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint prefix)')
   prefix = checkpoints.resolve_checkpoint(model_dir or ckpt)
   kw = read_run_kwargs(model_dir or os.path.dirname(prefix), script_defaults(train_fn))
+  if mixed_precision is not None:
+    kw['mixed_precision'] = mixed_precision
   image_shape = get_dataset_from_kwargs(kw).image_shape  # needs no data on disk
   model = make_model(kw, image_shape)
   step = checkpoints.restore_tf1_checkpoint(model.net, prefix, ema=ema)
@@ -287,10 +292,12 @@ def write_samples(out_prefix, samples, *, overwrite=False):
 
 
 def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm',
-           steps=None, eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False):
+           steps=None, eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           mixed_precision=None):
   """The scripts' ``sample`` command: draw samples from a run or a checkpoint and write
   ``OUT.npz`` and ``OUT.png``. Returns the uint8 samples [N, H, W, C]."""
-  model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema)
+  model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema,
+                                                    mixed_precision=mixed_precision)
   print(f'Loaded {"EMA" if ema else "raw"} weights from {prefix} (step {step})')
   if out is None:
     tag = f'{sampler}{steps or model.diffusion.num_timesteps}' + (f'_eta{eta}' if sampler == 'ddim' else '')

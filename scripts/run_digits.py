@@ -19,11 +19,11 @@ from diffusion_tf.tpu_utils import tpu_utils  # noqa: E402
 
 
 def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='unet_digits',
-          dataset='digits', optimizer='adam', total_bs=64, grad_clip=1., lr=1e-3, warmup=200,
+          dataset='digits', optimizer='adam', total_bs=32, grad_clip=1., lr=1e-3, warmup=200,
           num_diffusion_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule='linear',
           model_mean_type='eps', model_var_type='fixedlarge', loss_type='mse', dropout=0.0,
           randflip=0, log_dir='logs', keep_checkpoint_max=2,
-          *, resolution=16, ema_decay=0.995, max_steps=3000, num_sample_images=100, region=None,
+          *, resolution=16, ema_decay=0.995, max_steps=4000, num_sample_images=100, region=None,
           save_every_steps=None, save_checkpoints_secs=600, clip_mode='global',
           allow_kwargs_mismatch=False, mixed_precision=None):
   """Trains the digits model (flips off: digits are not mirror-symmetric; a faster EMA
@@ -41,7 +41,8 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False):
+           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           mixed_precision=None):
   """Samples from a digits run (or checkpoint) and writes OUT.npz and OUT.png."""
   runners.sample(train, **locals())
 

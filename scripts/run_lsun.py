@@ -59,7 +59,8 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False):
+           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           mixed_precision=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_lsun_{church,bedroom,cat}_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
   runners.sample(train, **locals())

@@ -366,3 +366,18 @@ def test_original_train_command_stops_at_the_data_check(tmp_path):
   assert 'cifar10' in proc.stderr and str(tmp_path / 'tfds') in proc.stderr
   # Nothing was created for a run that never started.
   assert not (tmp_path / 'logs').exists()
+
+
+def test_bfloat16_training_keeps_float32_variables_and_finite_loss(tmp_path):
+  kw = dict(runners.script_defaults(_script('run_digits').train), mixed_precision='bfloat16',
+            num_diffusion_timesteps=50)
+  images = _images(32, size=8)
+  state = tpu_utils.run_training(
+      model_constructor=lambda: runners.make_model(kw, (8, 8, 3)), train_input_fn=_input_fn(images),
+      total_bs=8, optimizer='adam', lr=1e-3, warmup=1, grad_clip=1.0, log_dir=str(tmp_path),
+      exp_name='bf16', max_steps=3, log_fn=lambda *_: None)
+  assert state.model.net.compute_dtype == tf.bfloat16
+  assert all(v.dtype == tf.float32 for v in state.variables)
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(state.model_dir))
+  assert np.isfinite(reader.get_tensor('model/conv_in/W')).all()
+  assert int(reader.get_tensor('global_step')) == 3

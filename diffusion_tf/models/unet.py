@@ -46,15 +46,15 @@ class ResnetBlock(tf.Module):
                        else nn.NIN(in_ch, out_ch, name=name + '/nin_shortcut'))
 
   def __call__(self, x, temb, training):
-    h = self.conv1(nonlinearity(self.norm1(x)))
+    h = self.conv1(self.norm1(x, swish=True))  # GroupNorm + swish fused (nn.group_norm)
     h += self.temb_proj(nonlinearity(temb))[:, None, None, :]
-    h = nonlinearity(self.norm2(h))
+    h = self.norm2(h, swish=True)
     if training and self.dropout > 0:
       h = tf.nn.dropout(h, rate=self.dropout)
-    h = self.conv2(h)
     if self.shortcut is not None:
       x = self.shortcut(x)
-    return x + h
+    # conv2 first: Conv2D + BiasAdd + Add(residual) becomes one fused oneDNN kernel.
+    return self.conv2(h) + x
 
 
 class AttnBlock(tf.Module):
@@ -69,14 +69,22 @@ class AttnBlock(tf.Module):
     self.proj_out = nn.NIN(ch, ch, name=name + '/proj_out', init_scale=0.)
 
   def __call__(self, x):
-    B, H, W, C = tf.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
-    h = tf.reshape(self.norm(x), [B, H * W, C])
-    q, k, v = self.q(h), self.k(h), self.v(h)
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    h = self.norm(x)
+    # q, k and v as one 1x1 convolution over concatenated kernels (the variables stay
+    # separate: q/W, k/W, v/W in checkpoints). The 1/sqrt(C) of the logits is folded
+    # into the q kernel and bias (a [C, C] multiply instead of a [B, HW, HW] one).
+    scale = int(C) ** (-0.5)
+    w_qkv = tf.concat([self.q.W * scale, self.k.W, self.v.W], axis=1)
+    b_qkv = tf.concat([self.q.b * scale, self.k.b, self.v.b], axis=0)
+    qkv = nn.conv2d_1x1(h, w_qkv, b_qkv)  # [B, H, W, 3C]
+    q, k, v = (tf.reshape(z, [-1, H * W, C]) for z in tf.split(qkv, 3, axis=-1))
     # w[b, i, j] = <q_i, k_j> / sqrt(C), softmax over all key positions j (in float32).
-    w = tf.matmul(q, k, transpose_b=True) * (int(C) ** (-0.5))
+    w = tf.matmul(q, k, transpose_b=True)
     w = tf.cast(tf.nn.softmax(tf.cast(w, tf.float32), axis=-1), x.dtype)
-    h = self.proj_out(tf.matmul(w, v))
-    return x + tf.reshape(h, [B, H, W, C])
+    h = tf.reshape(tf.matmul(w, v), [-1, H, W, C])
+    # proj_out first: Conv2D + BiasAdd + Add(residual) fuse into one kernel.
+    return self.proj_out(h) + x
 
 
 class Downsample(tf.Module):
@@ -104,15 +112,36 @@ class Upsample(tf.Module):
     return self.conv(x) if self.conv is not None else x
 
 
+COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
+
+
+def _compute_dtype(compute_dtype):
+  if isinstance(compute_dtype, tf.dtypes.DType):
+    compute_dtype = compute_dtype.name
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
+  return None if compute_dtype is None else tf.as_dtype(compute_dtype)
+
+
 class UNet(tf.Module):
   """The original ``unet.model`` as an object. Call as ``net(x, t, training=False)``.
 
   x: float [B, S, S, in_ch] in [-1, 1]; t: int [B] timesteps. Returns [B, S, S, out_ch].
+
+  ``compute_dtype`` (mixed precision): None (default) computes in the input's dtype and
+  returns that dtype, as the original did. 'float32', 'bfloat16' or 'float16' cast the
+  input to that dtype, run the convolutions, matmuls and elementwise work in it and return
+  float32. Variables always stay float32 (each layer casts its weights to the activation
+  dtype, so gradients arrive in float32); GroupNorm (statistics, normalisation and the
+  fused swish), the attention softmax and the timestep-embedding MLP (temb/dense0,
+  temb/dense1) run in float32. On CPUs with AMX/AVX512-BF16, 'bfloat16' is the fast path.
   """
 
   def __init__(self, *, ch, out_ch, ch_mult=(1, 2, 4, 8), num_res_blocks, attn_resolutions,
-               dropout=0., resamp_with_conv=True, name='model', in_ch=None, resolution=None):
+               dropout=0., resamp_with_conv=True, name='model', in_ch=None, resolution=None,
+               compute_dtype=None):
     super().__init__(name=name.replace('/', '_'))
+    self.compute_dtype = _compute_dtype(compute_dtype)
     self.ch, self.out_ch, self.ch_mult = ch, out_ch, tuple(ch_mult)
     self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
     self.dropout, self.resamp_with_conv, self.scope = dropout, resamp_with_conv, name
@@ -182,6 +211,8 @@ class UNet(tf.Module):
     if not t.dtype.is_integer:
       raise ValueError(f'UNet timesteps must be integers, got {t.dtype}')
     self.build(x.shape[-1], x.shape[1])
+    if self.compute_dtype is not None:
+      x = tf.cast(x, self.compute_dtype)
 
     temb = nn.get_timestep_embedding(t, self.ch)
     temb = self.temb_dense1(nonlinearity(self.temb_dense0(temb)))
@@ -210,7 +241,8 @@ class UNet(tf.Module):
         h = level['upsample'](h)
     assert not hs
 
-    return self.conv_out(nonlinearity(self.norm_out(h)))
+    out = self.conv_out(self.norm_out(h, swish=True))
+    return out if self.compute_dtype is None else tf.cast(out, tf.float32)
 
 
 def num_params(net):

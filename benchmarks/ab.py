@@ -1,0 +1,69 @@
+"""A/B-time two checkouts of the library against each other (development tool).
+
+    python benchmarks/ab.py --a /path/to/old/checkout --b /path/to/new/checkout \
+        --cases forward:cifar32:16,train:cifar32:16 [--dtype float32] [--repeats 7]
+
+Each side runs in its own worker process (benchmarks/worker.py with DIFFUSION_TF_ROOT set);
+calls alternate A, B, A, B ... so background load hits both alike. Prints medians and B/A.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Side:
+  def __init__(self, root, threads):
+    env = dict(os.environ, DIFFUSION_TF_ROOT=os.path.abspath(root), TF_CPP_MIN_LOG_LEVEL='2')
+    self.p = subprocess.Popen([sys.executable, os.path.join(HERE, 'worker.py'), '--framework',
+                               'ours', '--threads', str(threads)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    json.loads(self.p.stdout.readline())
+
+  def call(self, **msg):
+    self.p.stdin.write(json.dumps(msg) + '\n')
+    self.p.stdin.flush()
+    res = json.loads(self.p.stdout.readline())
+    if not res.get('ok'):
+      raise RuntimeError(res.get('traceback') or res.get('error'))
+    return res
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--a', required=True)
+  p.add_argument('--b', required=True)
+  p.add_argument('--cases', default='forward:cifar32:16,train:cifar32:16')
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--repeats', type=int, default=7)
+  p.add_argument('--threads', type=int, default=2)
+  a = p.parse_args()
+  sides = {'A': Side(a.a, a.threads), 'B': Side(a.b, a.threads)}
+  try:
+    for case in a.cases.split(','):
+      kind, model, batch = case.split(':')[0], case.split(':')[1], int(case.split(':')[2])
+      key = case
+      for s in sides.values():
+        s.call(cmd='setup', key=key, kind=kind, model=model, batch=batch, dtype=a.dtype)
+      ts = {'A': [], 'B': []}
+      for r in range(a.repeats):
+        for name in (('A', 'B') if r % 2 == 0 else ('B', 'A')):
+          ts[name].append(sides[name].call(cmd='time', key=key)['times'][0])
+      ma, mb = np.median(ts['A']), np.median(ts['B'])
+      print(f'{case} {a.dtype}: A {ma:.4f}s [{min(ts["A"]):.4f}]  B {mb:.4f}s [{min(ts["B"]):.4f}]  '
+            f'B/A {mb / ma:.3f}  (load {os.getloadavg()[0]:.2f})', flush=True)
+      for s in sides.values():
+        s.call(cmd='drop', key=key)
+  finally:
+    for s in sides.values():
+      s.call(cmd='quit')
+
+
+if __name__ == '__main__':
+  main()

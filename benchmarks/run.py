@@ -1,0 +1,576 @@
+"""Benchmarks our U-Net against Hugging Face diffusers on this machine; writes RESULTS.md.
+
+    python benchmarks/run.py            # full run (~15-25 min on 2 cores)
+    python benchmarks/run.py --quick    # smoke run (a few minutes)
+    python benchmarks/run.py --xla      # also measure our side with jit_compile
+
+Each framework runs in its own persistent subprocess (diffusers under
+benchmarks/.venv-torch/bin/python, see setup_torch_env.sh). For every case all variants are
+built and warmed up first (tracing excluded from the timings), then timed one call at a
+time, alternating frameworks and rotating the order each repeat so that drift (other load,
+thermal state) hits every variant alike. Peak memory is measured in fresh processes.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TORCH_PY = os.path.join(HERE, '.venv-torch', 'bin', 'python')
+EXPECTED_PARAMS = 35_746_307
+
+
+# ----------------------------------------------------------------------------- workers
+
+class Worker:
+  def __init__(self, framework, python, threads, log):
+    cmd = [python, os.path.join(HERE, 'worker.py'), '--framework', framework,
+           '--threads', str(threads)]
+    self.framework = framework
+    self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                              text=True, cwd=ROOT, env=_env())
+    hello = self._recv()
+    if not hello.get('ready'):
+      raise RuntimeError(f'{framework} worker failed to start: {hello}')
+
+  def _recv(self):
+    line = self.p.stdout.readline()
+    if not line:
+      raise RuntimeError(f'{self.framework} worker died (see benchmarks/.worker_logs)')
+    return json.loads(line)
+
+  def call(self, **msg):
+    self.p.stdin.write(json.dumps(msg) + '\n')
+    self.p.stdin.flush()
+    res = self._recv()
+    if not res.get('ok'):
+      raise RuntimeError(f'{self.framework} {msg}: {res.get("error")}\n{res.get("traceback")}')
+    return res
+
+  def close(self):
+    try:
+      self.call(cmd='quit')
+    except Exception:
+      pass
+    try:
+      self.p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      self.p.kill()
+
+
+def _env():
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env
+
+
+# ----------------------------------------------------------------------------- plan
+
+OURS32, DIFF32 = ('ours', 'float32'), ('diffusers', 'float32')
+OURS16, DIFF16 = ('ours', 'bfloat16'), ('diffusers', 'bfloat16')
+
+
+def plan(quick, xla, with_diffusers_bf16):
+  """(name, kind, model, batch, variants, repeats, calls per sample)."""
+  all4 = [OURS32, DIFF32, OURS16] + ([DIFF16] if with_diffusers_bf16 else [])
+  three = [OURS32, DIFF32, OURS16]
+  if quick:
+    cases = [
+        ('forward', 'forward', 'cifar32', 1, all4, 3, 2),
+        ('forward', 'forward', 'cifar32', 16, all4, 3, 1),
+        ('train', 'train', 'cifar32', 16, all4, 2, 1),
+        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three, 2, 1),
+        ('sample_ddim', 'sample_ddim:2', 'cifar32', 16, three, 2, 1),
+        ('forward', 'forward', 'cifar64', 1, three, 2, 1),
+        ('forward', 'forward', 'big256', 1, three, 2, 1),
+    ]
+  else:
+    cases = [
+        ('forward', 'forward', 'cifar32', 1, all4, 12, 2),
+        ('forward', 'forward', 'cifar32', 16, all4, 9, 1),
+        ('forward', 'forward', 'cifar32', 64, all4, 5, 1),
+        ('train', 'train', 'cifar32', 16, all4, 7, 1),
+        ('train', 'train', 'cifar32', 64, all4, 3, 1),
+        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three, 7, 1),
+        ('sample_ddim', 'sample_ddim:3', 'cifar32', 16, three, 4, 1),
+        ('forward', 'forward', 'cifar64', 1, three, 9, 1),
+        ('forward', 'forward', 'cifar64', 16, three, 4, 1),
+        ('forward', 'forward', 'big256', 1, three, 4, 1),
+    ]
+  if xla:
+    reps = 2 if quick else 5
+    cases += [
+        ('forward', 'forward', 'cifar32', 16, [OURS32, ('ours', 'float32', 'xla'), DIFF32,
+                                               ('ours', 'bfloat16', 'xla')], reps, 1),
+        ('train', 'train', 'cifar32', 16, [OURS32, ('ours', 'float32', 'xla'), DIFF32], reps, 1),
+    ]
+  return cases
+
+
+def vname(v):
+  return '/'.join(v)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def stats(ts):
+  ts = np.asarray(ts, np.float64)
+  return {'median': float(np.median(ts)), 'p25': float(np.percentile(ts, 25)),
+          'p75': float(np.percentile(ts, 75)), 'min': float(ts.min()), 'max': float(ts.max()),
+          'n': int(ts.size), 'samples': ts.tolist()}
+
+
+def run_case(workers, case, log):
+  name, kind, model, batch, variants, repeats, calls = case
+  key = f'{kind}|{model}|{batch}'
+  label = f'{name} {model} b{batch}'
+  setup = {}
+  for v in variants:
+    fw, dtype = v[0], v[1]
+    xla = len(v) > 2 and v[2] == 'xla'
+    res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{xla}', kind=kind, model=model,
+                           batch=batch, dtype=dtype, xla=xla, warmup=2)
+    setup[vname(v)] = res
+    log(f'  setup {label} {vname(v)}: {res["setup_s"]:.1f}s '
+        f'(warm-up calls {", ".join(f"{t:.2f}" for t in res["warmup_times"])} s)')
+  samples = {vname(v): [] for v in variants}
+  for r in range(repeats):
+    order = variants[r % len(variants):] + variants[:r % len(variants)]
+    for v in order:
+      fw, dtype = v[0], v[1]
+      xla = len(v) > 2 and v[2] == 'xla'
+      res = workers[fw].call(cmd='time', key=f'{key}|{dtype}|{xla}', n=calls)
+      samples[vname(v)].append(float(np.mean(res['times'])))
+  tracing = {}
+  for v in variants:
+    fw, dtype = v[0], v[1]
+    xla = len(v) > 2 and v[2] == 'xla'
+    k = f'{key}|{dtype}|{xla}'
+    if fw == 'ours':
+      tr = workers[fw].call(cmd='tracing')['tracing'][k]
+      tracing[vname(v)] = {'after_warmup': setup[vname(v)]['tracing_after_warmup'], 'end': tr}
+    workers[fw].call(cmd='drop', key=k)
+  out = {'name': name, 'kind': kind, 'model': model, 'batch': batch, 'label': label,
+         'results': {k: stats(s) for k, s in samples.items()}, 'tracing': tracing,
+         'load': os.getloadavg()}
+  line = ', '.join(f'{k} {v["median"]:.3f}s' for k, v in out['results'].items())
+  log(f'  {label}: {line}  (load {out["load"][0]:.2f})')
+  return out
+
+
+def memory_runs(specs, threads, log):
+  out = {}
+  for fw, spec in specs:
+    python = sys.executable if fw == 'ours' else TORCH_PY
+    cmd = [python, os.path.join(HERE, 'worker.py'), '--framework', fw, '--threads',
+           str(threads), '--memory', spec]
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env())
+    if res.returncode != 0:
+      log(f'  memory {fw} {spec} FAILED:\n{res.stderr[-3000:]}')
+      continue
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    out[f'{fw}|{spec}'] = r
+    log(f'  memory {fw} {spec}: peak RSS {r["peak_rss_mb"]:.0f} MiB '
+        f'(after import {r["rss_after_import_mb"]:.0f}, {time.time() - t0:.0f}s)')
+  return out
+
+
+# ----------------------------------------------------------------------------- machine
+
+def machine_info():
+  cpu, fields = platform.processor(), {}
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if not line.strip():
+          break
+        k, _, v = line.partition(':')
+        fields[k.strip()] = v.strip()
+    cpu = (f'{fields.get("model name", cpu)} (family {fields.get("cpu family", "?")}, '
+           f'model {fields.get("model", "?")}, stepping {fields.get("stepping", "?")})')
+  except OSError:
+    pass
+  flags = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          fl = set(line.split(':', 1)[1].split())
+          flags = ' '.join(x for x in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile',
+                                        'avx512_fp16') if x in fl)
+          break
+  except OSError:
+    pass
+  mem = ''
+  try:
+    with open('/proc/meminfo') as f:
+      mem = f'{int(f.readline().split()[1]) / 2 ** 20:.1f} GiB'
+  except OSError:
+    pass
+  return {'cpu': cpu, 'logical_cores': os.cpu_count(), 'flags': flags, 'memory': mem,
+          'platform': platform.platform(), 'python': platform.python_version()}
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt_t(s):
+  if s is None:
+    return '–'
+  v = s['median']
+  unit, scale = ('ms', 1e3) if v < 1 else ('s', 1.)
+  return (f'{v * scale:.{1 if unit == "ms" else 2}f} {unit} '
+          f'[{s["p25"] * scale:.{1 if unit == "ms" else 2}f}–{s["p75"] * scale:.{1 if unit == "ms" else 2}f}]')
+
+
+def speedup(ref, ours):
+  if not ref or not ours:
+    return '–'
+  return f'{ref["median"] / ours["median"]:.2f}×'
+
+
+def write_report(path, data):
+  L = []
+  add = L.append
+  m, v = data['machine'], data['versions']
+  add('# Benchmarks: diffusion_tf U-Net vs Hugging Face diffusers `UNet2DModel`')
+  add('')
+  add(f'Generated by `python benchmarks/run.py{" --quick" if data["quick"] else ""}'
+      f'{" --xla" if data["xla"] else ""}` on {data["date"]} '
+      f'(wall time {data["wall_s"] / 60:.1f} min).' + (' **Quick smoke run: few repeats, '
+                                                        'numbers are indicative only.**'
+                                                        if data['quick'] else ''))
+  add('')
+  add('## Machine and software')
+  add('')
+  add(f'- CPU: {m["cpu"]}, {m["logical_cores"]} logical cores ({m["flags"]}), memory {m["memory"]}')
+  add(f'- {m["platform"]}, Python {m["python"]}')
+  add(f'- ours: TensorFlow {v["ours"].get("tensorflow")}, NumPy {v["ours"].get("numpy")}; '
+      f'diffusers side: torch {v["diffusers"].get("torch")}, diffusers {v["diffusers"].get("diffusers")} '
+      f'(Python {v["diffusers"].get("python")}, separate venv)')
+  add(f'- Threads: {data["threads"]} for both (TF intra-op = inter-op = {data["threads"]}; '
+      f'torch.set_num_threads({data["threads"]})).')
+  add(f'- Library: `{data.get("library")}`; sha256 of the imported files: ' + ', '.join(
+      f'`{k}` {v}' for k, v in (data.get('library_hashes') or {}).items()) + '.')
+  add(f'- Train step, ours: {data.get("train_pieces", "?")}.')
+  la = data['load']
+  add(f'- Load average (1 min) at start {la["start"][0]:.2f}, at end {la["end"][0]:.2f}, '
+      f'max seen between cases {la["max"]:.2f}.' +
+      (' **The machine was shared with other jobs during this run (load > 1.5); absolute '
+       'times are inflated and noisier, but each comparison alternated the frameworks '
+       'call by call, so the ratios are fair.**' if la['max'] > 1.5 or la['start'][0] > 1.5 else ''))
+  p = data['params']
+  add(f'- Parameters: CIFAR-10 config ours {p["ours"]["cifar32"]:,}, diffusers '
+      f'{p["diffusers"]["cifar32"]:,}; 256² config ours {p["ours"]["big256"]:,}, diffusers '
+      f'{p["diffusers"]["big256"]:,}.')
+  add('')
+  add('Times are per call: median [interquartile range] over the repeats; warm-up '
+      '(tracing, graph optimisation, first-call allocation) excluded. Speedup = '
+      'diffusers time / our time (> 1: we are faster). "bf16" = our `UNet(compute_dtype='
+      '\'bfloat16\')` and, for diffusers, `torch.autocast("cpu", torch.bfloat16)`.')
+  add('')
+
+  cases = data['cases']
+
+  def get(c, fw, dt, xla=False):
+    return c['results'].get(f'{fw}/{dt}' + ('/xla' if xla else ''))
+
+  add('## U-Net forward and training step (CIFAR-10 config, 32×32)')
+  add('')
+  add('| case | ours fp32 | diffusers fp32 | speedup fp32 | ours bf16 | speedup ours bf16 vs diffusers fp32 | diffusers bf16 | speedup bf16 vs bf16 |')
+  add('|---|---|---|---|---|---|---|---|')
+  for c in cases:
+    if c['model'] != 'cifar32' or c['name'] not in ('forward', 'train') or c.get('xla_case'):
+      continue
+    o32, d32, o16, d16 = get(c, 'ours', 'float32'), get(c, 'diffusers', 'float32'), \
+        get(c, 'ours', 'bfloat16'), get(c, 'diffusers', 'bfloat16')
+    add(f'| {c["name"]} batch {c["batch"]} | {fmt_t(o32)} | {fmt_t(d32)} | **{speedup(d32, o32)}** | '
+        f'{fmt_t(o16)} | **{speedup(d32, o16)}** | {fmt_t(d16)} | {speedup(d16, o16)} |')
+  add('')
+  add('Training step = loss (mean `training_losses`, eps-prediction MSE, dropout 0.1) + '
+      'backward + global-norm clip 1.0 + Adam (lr 2e-4) + EMA 0.9999 update, one compiled '
+      'call on our side; the same in PyTorch (foreach Adam, `clip_grad_norm_`, `_foreach_lerp_` EMA).')
+  add('')
+
+  add('## Sampling cost per image (batch 16)')
+  add('')
+  add('Per-step time measured at batch 16; per-image cost = per-step × steps / 16. DDPM: one '
+      'ancestral step (`GaussianDiffusion2.p_sample` / `DDPMScheduler.step`) timed and '
+      'multiplied by 1000. DDIM (η = 0): the real samplers (`diffusion_tf.sampling.ddim_sample_loop`, '
+      'one compiled while-loop / `DDIMScheduler`) timed over K steps of the 50-step schedule, '
+      'per-step = time / K, extrapolated to 50 and 100 steps.')
+  add('')
+  add('| sampler | ours fp32 | diffusers fp32 | speedup | ours bf16 | speedup bf16 vs diffusers fp32 |')
+  add('|---|---|---|---|---|---|')
+  for c in cases:
+    if c['name'] == 'sample_ddpm':
+      rows = [('DDPM 1000 steps', 1000, 1)]
+    elif c['name'] == 'sample_ddim':
+      k = int(c['kind'].split(':')[1])
+      rows = [('DDIM 50 steps', 50, k), ('DDIM 100 steps', 100, k)]
+    else:
+      continue
+    o32, d32, o16 = get(c, 'ours', 'float32'), get(c, 'diffusers', 'float32'), get(c, 'ours', 'bfloat16')
+    for label, steps, k in rows:
+      f = lambda s: '–' if s is None else f'{s["median"] / k * steps / c["batch"]:.1f} s'
+      add(f'| {label} | {f(o32)} | {f(d32)} | **{speedup(d32, o32)}** | {f(o16)} | **{speedup(d32, o16)}** |')
+  for c in cases:
+    if c['name'] in ('sample_ddpm', 'sample_ddim'):
+      add(f'\n({c["label"]} per call: ' + ', '.join(f'{k} {fmt_t(s)}' for k, s in c['results'].items()) + ')')
+  add('')
+
+  add('## Cost growth')
+  add('')
+  add('Per-image time vs batch size (CIFAR-10 config, fp32):')
+  add('')
+  add('| case | batch | ours per image | diffusers per image | speedup |')
+  add('|---|---|---|---|---|')
+  for c in cases:
+    if c['model'] == 'cifar32' and c['name'] in ('forward', 'train') and not c.get('xla_case'):
+      o, d = get(c, 'ours', 'float32'), get(c, 'diffusers', 'float32')
+      if o and d:
+        add(f'| {c["name"]} | {c["batch"]} | {o["median"] / c["batch"] * 1e3:.1f} ms | '
+            f'{d["median"] / c["batch"] * 1e3:.1f} ms | {speedup(d, o)} |')
+  add('')
+  add('Forward time vs resolution (64×64 keeps the CIFAR topology with attention at the second '
+      'level, as diffusers\' block types do; 256×256 is the CelebA-HQ/LSUN config '
+      '`unet2d16b2c112244` / `google/ddpm-ema-church-256`):')
+  add('')
+  add('| model | batch | ours fp32 | diffusers fp32 | speedup | ours bf16 | speedup bf16 |')
+  add('|---|---|---|---|---|---|---|')
+  for c in cases:
+    if c['name'] == 'forward' and (c['model'] != 'cifar32' or c['batch'] == 1) and not c.get('xla_case'):
+      o32, d32, o16 = get(c, 'ours', 'float32'), get(c, 'diffusers', 'float32'), get(c, 'ours', 'bfloat16')
+      add(f'| {c["model"]} | {c["batch"]} | {fmt_t(o32)} | {fmt_t(d32)} | {speedup(d32, o32)} | '
+          f'{fmt_t(o16)} | {speedup(d32, o16)} |')
+  add('')
+
+  xla_cases = [c for c in cases if c.get('xla_case')]
+  if xla_cases:
+    add('## XLA (`jit_compile=True`) on our side')
+    add('')
+    add('| case | ours fp32 | ours fp32 XLA | diffusers fp32 | ours bf16 XLA |')
+    add('|---|---|---|---|---|')
+    for c in xla_cases:
+      add(f'| {c["label"]} | {fmt_t(get(c, "ours", "float32"))} | '
+          f'{fmt_t(get(c, "ours", "float32", True))} | {fmt_t(get(c, "diffusers", "float32"))} | '
+          f'{fmt_t(get(c, "ours", "bfloat16", True))} |')
+    add('')
+
+  add('## Peak resident memory of the training step')
+  add('')
+  add('Each measured in a fresh process (warm-up + 2 steps), `ru_maxrss`; "after import" is '
+      'the process RSS once the framework and the library are imported, before the model exists.')
+  add('')
+  add('| framework | case | peak RSS | RSS after import | peak − after import |')
+  add('|---|---|---|---|---|')
+  for k, r in data['memory'].items():
+    fw, spec = k.split('|')
+    add(f'| {fw} | {spec.replace(":", " ")} | {r["peak_rss_mb"]:.0f} MiB | '
+        f'{r["rss_after_import_mb"]:.0f} MiB | {r["peak_rss_mb"] - r["rss_after_import_mb"]:.0f} MiB |')
+  add('')
+
+  add('## Retracing')
+  add('')
+  add('Tracing count of each of our `tf.function`s after the two warm-up calls and after all '
+      'timed calls (`experimental_get_tracing_count()`); equal means no retracing after warm-up.')
+  add('')
+  add('| case | variant | after warm-up | after timing |')
+  add('|---|---|---|---|')
+  retraced = False
+  for c in cases:
+    for k, tr in c['tracing'].items():
+      add(f'| {c["label"]} | {k} | {tr["after_warmup"]} | {tr["end"]} |')
+      retraced |= tr['after_warmup'] != tr['end']
+  add('')
+  add('**Retracing after warm-up: ' + ('YES — see the table.**' if retraced else 'none.**'))
+  add('')
+
+  num = data.get('numerics')
+  if num:
+    add('## Numerical effect of bf16 (ours)')
+    add('')
+    add('Same weights (the near-zero initialisations of conv2/proj_out/conv_out replaced by the '
+        'default init so the output is not ~0), input uniform in [-1, 1], batch '
+        f'{num["batch"]}; relative L2 difference ‖y_bf16 − y_fp32‖ / ‖y_fp32‖ at t = 10, 500, 990:')
+    add('')
+    add('| t | rel. L2 difference | max abs difference | (output RMS) |')
+    add('|---|---|---|---|')
+    for t, r, a in zip((10, 500, 990), num['output_rel_l2'], num['output_max_abs']):
+      add(f'| {t} | {r:.2e} | {a:.2e} | {num["output_rms"]:.3f} |')
+    add('')
+    l32, l16 = np.asarray(num['loss_fp32']), np.asarray(num['loss_low'])
+    add(f'Short training run from identical initial weights with identical data (built-in digits), '
+        f'timesteps and noise, batch {num["batch"]}, Adam 2e-4, {len(l32)} steps:')
+    add('')
+    add('| step | ' + ' | '.join(str(i + 1) for i in range(len(l32))) + ' |')
+    add('|---|' + '---|' * len(l32))
+    add('| fp32 loss | ' + ' | '.join(f'{x:.4f}' for x in l32) + ' |')
+    add('| bf16 loss | ' + ' | '.join(f'{x:.4f}' for x in l16) + ' |')
+    rel = np.abs(l16 - l32) / np.abs(l32)
+    add('')
+    add(f'Relative loss difference: mean {rel.mean():.2e}, max {rel.max():.2e}. '
+        f'bf16 model variables: {", ".join(num["param_dtypes"])}.')
+    add('')
+
+  add('## Targets')
+  add('')
+  tg = data.get('targets', [])
+  for line in tg:
+    add(f'- {line}')
+  add('')
+  if data.get('notes'):
+    add('## Notes')
+    add('')
+    for n in data['notes']:
+      add(f'- {n}')
+    add('')
+  with open(path, 'w') as f:
+    f.write('\n'.join(L))
+
+
+def targets(data):
+  out = []
+  cases = data['cases']
+
+  def find(name, batch):
+    for c in cases:
+      if c['name'] == name and c['model'] == 'cifar32' and c['batch'] == batch and not c.get('xla_case'):
+        return c
+    return None
+  for name in ('forward', 'train'):
+    for b in (16, 64):
+      c = find(name, b)
+      if not c:
+        continue
+      o32, d32, o16 = (c['results'].get(k) for k in ('ours/float32', 'diffusers/float32', 'ours/bfloat16'))
+      if o32 and d32:
+        s = d32['median'] / o32['median']
+        out.append(f'fp32 {name} batch {b}: {s:.2f}× diffusers (target ≥ 1.2×) — '
+                   f'{"met" if s >= 1.2 else "NOT met"}')
+      if o16 and d32:
+        s = d32['median'] / o16['median']
+        out.append(f'bf16 {name} batch {b}: {s:.2f}× diffusers fp32 (target ≥ 1.8×) — '
+                   f'{"met" if s >= 1.8 else "NOT met"}')
+  retr = any(tr['after_warmup'] != tr['end'] for c in cases for tr in c['tracing'].values())
+  out.append(f'No retracing after warm-up — {"NOT met" if retr else "met"}')
+  mem = data['memory']
+  ko = [k for k in mem if k.startswith('ours|train') and k.endswith('float32')]
+  kd = [k for k in mem if k.startswith('diffusers|train') and k.endswith('float32')]
+  if ko and kd:
+    o, d = mem[ko[0]]['peak_rss_mb'], mem[kd[0]]['peak_rss_mb']
+    out.append(f'Peak memory of the fp32 train step ({ko[0].split("|")[1]}): ours {o:.0f} MiB vs '
+               f'diffusers {d:.0f} MiB — {"met" if o <= d else "NOT met"}')
+  return out
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='smoke run: few repeats, small cases')
+  p.add_argument('--xla', action='store_true', help='also time our side with jit_compile=True')
+  p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--no-diffusers-bf16', action='store_true',
+                 help='skip the diffusers bf16 autocast variant')
+  p.add_argument('--only', default=None,
+                 help='comma-separated case filter, e.g. "forward:cifar32:16,train:cifar32:16" '
+                      '(development; skips numerics and memory unless --memory is given)')
+  p.add_argument('--repeats', type=int, default=None, help='override the repeats of every case')
+  p.add_argument('--memory', action='store_true', help='with --only: also run the memory cases')
+  p.add_argument('--out', default=os.path.join(HERE, 'RESULTS.md'))
+  p.add_argument('--json', default=os.path.join(HERE, 'results.json'))
+  a = p.parse_args()
+  if not os.path.exists(TORCH_PY):
+    sys.exit(f'{TORCH_PY} not found: run benchmarks/setup_torch_env.sh first')
+
+  t_start = time.time()
+  logdir = os.path.join(HERE, '.worker_logs')
+  os.makedirs(logdir, exist_ok=True)
+
+  def log(msg):
+    print(f'[{time.time() - t_start:6.0f}s] {msg}', flush=True)
+
+  load_start = os.getloadavg()
+  log(f'load average {load_start}')
+  data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(),
+          'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
+  loads = [load_start[0]]
+  workers = {}
+  try:
+    with open(os.path.join(logdir, 'ours.log'), 'w') as lo, \
+        open(os.path.join(logdir, 'diffusers.log'), 'w') as ld:
+      workers['ours'] = Worker('ours', sys.executable, a.threads, lo)
+      workers['diffusers'] = Worker('diffusers', TORCH_PY, a.threads, ld)
+      infos = {fw: w.call(cmd='info') for fw, w in workers.items()}
+      data['versions'] = {fw: i['versions'] for fw, i in infos.items()}
+      data['params'] = {fw: i['params'] for fw, i in infos.items()}
+      data['train_pieces'] = infos['ours'].get('train_pieces')
+      data['library'] = infos['ours'].get('library')
+      data['library_hashes'] = infos['ours'].get('library_hashes')
+      log(f'params: {data["params"]}')
+      for fw in infos:
+        if data['params'][fw]['cifar32'] != EXPECTED_PARAMS:
+          data['notes'].append(f'{fw} CIFAR-10 parameter count {data["params"][fw]["cifar32"]:,} '
+                               f'!= {EXPECTED_PARAMS:,}')
+      data['cases'] = []
+      cases = plan(a.quick, a.xla, not a.no_diffusers_bf16)
+      if a.only:
+        want = set(a.only.split(','))
+        cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
+      if a.repeats:
+        cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
+      for case in cases:
+        log(f'case {case[0]} {case[2]} batch {case[3]}: {[vname(v) for v in case[4]]} x{case[5]}')
+        res = run_case(workers, case, log)
+        res['xla_case'] = any(len(v) > 2 for v in case[4])
+        data['cases'].append(res)
+        loads.append(res['load'][0])
+      if not a.only:
+        log('numerics (bf16 vs fp32)')
+        nb, ns = (4, 3) if a.quick else (8, 12)
+        num = workers['ours'].call(cmd='numerics', dtype='bfloat16', steps=ns, batch=nb)
+        num['batch'] = nb
+        data['numerics'] = num
+        log(f'  output rel L2 {num["output_rel_l2"]}, losses {num["loss_fp32"][-1]:.4f} vs '
+            f'{num["loss_low"][-1]:.4f}')
+  finally:
+    for w in workers.values():
+      w.close()
+
+  mb = 16 if a.quick else 64
+  specs = [('ours', f'train:cifar32:{mb}:float32'), ('diffusers', f'train:cifar32:{mb}:float32'),
+           ('ours', f'train:cifar32:{mb}:bfloat16')]
+  if not a.no_diffusers_bf16:
+    specs.append(('diffusers', f'train:cifar32:{mb}:bfloat16'))
+  if a.only and not a.memory:
+    specs = []
+  log('peak memory (fresh processes)')
+  data['memory'] = memory_runs(specs, a.threads, log)
+  load_end = os.getloadavg()
+  loads.append(load_end[0])
+  data['load'] = {'start': load_start, 'end': load_end, 'max': max(loads)}
+  hashes = [r.get('library_hashes') for k, r in data['memory'].items() if k.startswith('ours|')]
+  if any(h != data['library_hashes'] for h in hashes):
+    data['notes'].append('The library files changed during the run (memory runs imported '
+                         f'different versions: {hashes} vs {data["library_hashes"]}).')
+  data['wall_s'] = time.time() - t_start
+  data['targets'] = targets(data)
+  with open(a.json, 'w') as f:
+    json.dump(data, f, indent=1, default=str)
+  write_report(a.out, data)
+  log(f'wrote {a.out} and {a.json}')
+  for line in data['targets']:
+    log(line)
+
+
+if __name__ == '__main__':
+  main()
