@@ -164,8 +164,13 @@ def timestep_loop(num_steps, body, loop_vars):
   ``i`` is an int32 scalar tensor counting down to 0. Outputs carry no gradient.
   """
   i0 = tf.constant(num_steps - 1, dtype=tf.int32)
+  # parallel_iterations=1: iterations that do not depend on each other (calc_bpd_loop) would
+  # otherwise run the same oneDNN fused Conv2D+BiasAdd+Add kernel concurrently, which races
+  # and segfaults in TF 2.21 on CPU (reproduced in tests/test_diffusion.py); on 2 cores the
+  # ops' own intra-op threads already use the machine.
   out = tf.while_loop(
       cond=lambda i, *_: tf.greater_equal(i, 0),
+      parallel_iterations=1,
       body=lambda i, *vs: (i - 1,) + tuple(body(i, *vs)),
       loop_vars=(i0,) + tuple(loop_vars))
   return tuple(tf.stop_gradient(v) if isinstance(v, tf.Tensor) else v for v in out[1:])

@@ -142,5 +142,6 @@ class GaussianDiffusion(DiffusionTables):
       return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([B], i), noise_fn=noise_fn),)
 
     i0 = tf.identity(t)
-    _, out = tf.while_loop(lambda i, _: i >= 0, lambda i, img: (i - 1, *body(i, img)), (i0, x_interp))
+    _, out = tf.while_loop(lambda i, _: i >= 0, lambda i, img: (i - 1, *body(i, img)), (i0, x_interp),
+                           parallel_iterations=1)  # see diffusion_base.timestep_loop
     return tf.stop_gradient(out)

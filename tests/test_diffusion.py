@@ -830,3 +830,45 @@ def test_loops_inside_tf_function():
   eager = d.p_sample_loop(tf_fn, shape=SHAPE, noise_fn=zeros)
   graph = tf.function(lambda: d.p_sample_loop(tf_fn, shape=SHAPE, noise_fn=zeros))()
   np.testing.assert_allclose(graph.numpy(), eager.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def _while_ops(graph):
+  ops = [op for op in graph.get_operations() if op.type in ('While', 'StatelessWhile')]
+  for fn in graph._functions.values():  # loops nested in function bodies
+    ops += [op for op in fn.graph.get_operations() if op.type in ('While', 'StatelessWhile')]
+  return ops
+
+
+def test_every_timestep_loop_runs_one_iteration_at_a_time():
+  """calc_bpd_loop's iterations are independent; run concurrently, two iterations execute the
+  same oneDNN fused conv kernel at once, which segfaulted the CPU test suite (TF 2.21)."""
+  T = 4
+  d2 = GaussianDiffusion2(betas=linear_betas(T), model_mean_type='eps',
+                          model_var_type='fixedlarge', loss_type='mse')
+  d1 = GaussianDiffusion(betas=linear_betas(T), loss_type='noisepred')
+  tf_fn, _ = make_denoise(T)
+  zeros = lambda *, shape, dtype: tf.zeros(shape, dtype)
+  x0 = tf.zeros(SHAPE)
+  for call in (lambda: d2.calc_bpd_loop(tf_fn, x0),
+               lambda: d2.p_sample_loop(tf_fn, shape=SHAPE, noise_fn=zeros),
+               lambda: d1.p_sample_loop(tf_fn, shape=SHAPE, noise_fn=zeros),
+               lambda: d1.interpolate(tf_fn, x1=x0, x2=x0, lam=0.5, t=2, noise_fn=zeros)):
+    graph = tf.function(call).get_concrete_function().graph
+    loops = _while_ops(graph)
+    assert loops, 'no while loop found'
+    assert all(op.get_attr('parallel_iterations') == 1 for op in loops)
+
+
+def test_bpd_loop_with_a_unet_is_stable_when_repeated():
+  """The crash above, as it showed: the bits/dim loop of a small U-Net, called repeatedly."""
+  from diffusion_tf.models.unet import UNet
+  T, B = 10, 10
+  net = UNet(ch=32, out_ch=3, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.,
+             in_ch=3, resolution=8)
+  d = GaussianDiffusion2(betas=linear_betas(T), model_mean_type='eps',
+                         model_var_type='fixedlarge', loss_type='mse')
+  x0 = tf.constant(np.random.RandomState(3).uniform(-1, 1, (B, 8, 8, 3)), tf.float32)
+  denoise = lambda x, t: net(x, t, training=False)
+  for _ in range(30):
+    total, _, _, _ = d.calc_bpd_loop(denoise, x0)
+    assert np.isfinite(total.numpy()).all()

@@ -432,6 +432,9 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   def train_loop(iterator, num_steps):
     loss_sum, all_finite = tf.constant(0., tf.float32), tf.constant(True)
     for _ in tf.range(num_steps):
+      # Steps are sequential by nature; never let two run the same kernels at once (see
+      # diffusion_base.timestep_loop).
+      tf.autograph.experimental.set_loop_options(parallel_iterations=1)
       step = state.global_step.read_value()  # the step this iteration trains
       loss, gnorm, lr_t = strategy.run(replica_step, args=(next(iterator),))
       loss, gnorm, lr_t = (strategy.experimental_local_results(v)[0] for v in (loss, gnorm, lr_t))
