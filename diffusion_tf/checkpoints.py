@@ -7,6 +7,8 @@ Layout (original §3.4): raw weights ``model/...``, EMA shadows
 the ``checkpoint`` state file that `tf.train.latest_checkpoint` reads.
 """
 
+import logging
+
 import tensorflow as tf
 
 from .models.unet import tf1_name
@@ -94,6 +96,18 @@ def restore_tf1_checkpoint(net, ckpt, *, ema=True, strict=True):
   return int(reader.get_tensor('global_step')) if 'global_step' in shapes else None
 
 
+def tf1_saver(var_list, **kwargs):
+  """``tf.compat.v1.train.Saver`` without its deprecation warning: name-based saving is what
+  keeps our checkpoints in the TF1 layout of the released ones, on purpose."""
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    return tf.compat.v1.train.Saver(var_list=var_list, **kwargs)
+  finally:
+    logger.setLevel(level)
+
+
 def write_tf1_checkpoint(prefix, var_dict, *, global_step=None, max_to_keep=None):
   """Writes ``{tf1_name: variable_or_tensor}`` as a name-based checkpoint.
 
@@ -104,8 +118,7 @@ def write_tf1_checkpoint(prefix, var_dict, *, global_step=None, max_to_keep=None
   """
   var_dict = {k: (v if isinstance(v, tf.Variable) else tf.Variable(v, trainable=False))
               for k, v in var_dict.items()}
-  saver = tf.compat.v1.train.Saver(var_list=var_dict, max_to_keep=max_to_keep or 5,
-                                   save_relative_paths=True)
+  saver = tf1_saver(var_dict, max_to_keep=max_to_keep or 5, save_relative_paths=True)
   return saver.save(None, prefix, global_step=global_step, write_meta_graph=False)
 
 

@@ -32,6 +32,27 @@ def _build_unet(model_name, *, out_ch, dropout, image_shape, compute_dtype=None)
   return UNet(**kwargs)
 
 
+class _BlockNet:
+  """The U-Net seen through an optional space-to-depth of ``block_size`` (the original v1
+  model's option): [B, H, W, C] images become [B, H/b, W/b, C*b*b] network inputs, and the
+  output is mapped back with depth_to_space. ``out_ch`` is per image pixel."""
+
+  def __init__(self, model_name, *, out_ch, dropout, image_shape, block_size, compute_dtype):
+    H, W, C = image_shape
+    if block_size < 1 or H % block_size or W % block_size:
+      raise ValueError(f'block_size={block_size} does not divide the image size {H}x{W}')
+    self.block_size = block_size
+    inner = (H // block_size, W // block_size, C * block_size ** 2)
+    self.net = _build_unet(model_name, out_ch=out_ch * block_size ** 2, dropout=dropout,
+                           image_shape=inner, compute_dtype=compute_dtype)
+
+  def __call__(self, x, t, training):
+    b = self.block_size
+    h = tf.nn.space_to_depth(x, b) if b != 1 else x
+    out = tf.cast(self.net(h, t, training=training), tf.float32)
+    return tf.nn.depth_to_space(out, b) if b != 1 else out
+
+
 def _random_flip(x):
   # Per-example horizontal flip with probability 1/2.
   return tf.image.random_flip_left_right(x)
@@ -41,23 +62,24 @@ class DiffusionModel2(tpu_utils.Model):
   """The CIFAR-10 script model (original ``run_cifar.Model``) on `GaussianDiffusion2`."""
 
   def __init__(self, *, model_name, betas, model_mean_type, model_var_type, loss_type,
-               num_classes, dropout, randflip, image_shape, compute_dtype=None):
+               num_classes, dropout, randflip, image_shape, compute_dtype=None, block_size=1):
     assert num_classes == 1, 'the original models are unconditional'
     self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
     self.image_shape = tuple(image_shape)
     self.diffusion = GaussianDiffusion2(betas=betas, model_mean_type=model_mean_type,
                                         model_var_type=model_var_type, loss_type=loss_type)
     C = image_shape[2]
-    out_ch = C * 2 if model_var_type == 'learned' else C
-    self.net = _build_unet(model_name, out_ch=out_ch, dropout=dropout, image_shape=image_shape,
-                           compute_dtype=compute_dtype)
+    self._blocknet = _BlockNet(model_name, out_ch=C * 2 if model_var_type == 'learned' else C,
+                               dropout=dropout, image_shape=image_shape, block_size=block_size,
+                               compute_dtype=compute_dtype)
+    self.block_size, self.net = block_size, self._blocknet.net
 
   def denoise_train(self, x, t):
-    return tf.cast(self.net(x, t, training=True), tf.float32)
+    return self._blocknet(x, t, training=True)
 
   def denoise(self, x, t):
     """The network at sampling time: no dropout."""
-    return tf.cast(self.net(x, t, training=False), tf.float32)
+    return self._blocknet(x, t, training=False)
 
   def train_fn(self, x, y):
     B = x.shape[0]
@@ -91,24 +113,16 @@ class DiffusionModel1(tpu_utils.Model):
                image_shape, compute_dtype=None):
     assert num_classes == 1, 'the original models are unconditional'
     self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
-    self.block_size = block_size
     self.image_shape = tuple(image_shape)
     self.diffusion = GaussianDiffusion(betas=betas, loss_type=loss_type)
-    H, W, C = image_shape
-    if H % block_size:
-      raise ValueError(f'block_size={block_size} does not divide the image size {H}')
-    inner = (H // block_size, W // block_size, C * block_size ** 2)
-    self.net = _build_unet(model_name, out_ch=inner[2], dropout=dropout, image_shape=inner,
-                           compute_dtype=compute_dtype)
+    self._blocknet = _BlockNet(model_name, out_ch=image_shape[2], dropout=dropout,
+                               image_shape=image_shape, block_size=block_size,
+                               compute_dtype=compute_dtype)
+    self.block_size, self.net = block_size, self._blocknet.net
 
   def _denoise(self, x, t, training):
-    B, H, W, C = x.shape
-    if self.block_size != 1:
-      x = tf.nn.space_to_depth(x, self.block_size)
-    out = tf.cast(self.net(x, t, training=training), tf.float32)
-    if self.block_size != 1:
-      out = tf.nn.depth_to_space(out, self.block_size)
-    assert out.shape == [B, H, W, C]
+    out = self._blocknet(x, t, training)
+    assert out.shape == x.shape
     return out
 
   def denoise_train(self, x, t):
@@ -192,7 +206,8 @@ def make_model(kw, image_shape, num_classes=1):
                 image_shape=image_shape, compute_dtype=kw.get('mixed_precision'))
   if 'model_mean_type' in kw:
     return DiffusionModel2(model_mean_type=kw['model_mean_type'],
-                           model_var_type=kw['model_var_type'], **common)
+                           model_var_type=kw['model_var_type'], block_size=kw.get('block_size', 1),
+                           **common)
   return DiffusionModel1(block_size=kw.get('block_size', 1), **common)
 
 
@@ -200,8 +215,10 @@ def experiment_name(kw):
   keys = ('exp_name', 'dataset', 'model_name', 'optimizer', 'total_bs', 'lr', 'warmup', 'beta_start',
           'beta_end', 'beta_schedule', 'num_diffusion_timesteps', 'loss_type', 'dropout', 'randflip')
   if 'model_mean_type' in kw:
-    return exp_name_v2(model_mean_type=kw['model_mean_type'], model_var_type=kw['model_var_type'],
+    name = exp_name_v2(model_mean_type=kw['model_mean_type'], model_var_type=kw['model_var_type'],
                        **{k: kw[k] for k in keys})
+    # The v2 template has no block size (CIFAR-10 never used one); the digits script does.
+    return name + (f'_blk{kw["block_size"]}' if kw.get('block_size', 1) != 1 else '')
   return exp_name_v1(block_size=kw['block_size'], **{k: kw[k] for k in keys})
 
 

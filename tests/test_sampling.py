@@ -153,6 +153,7 @@ def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
                '--batch_size', '4', '--sampler', 'ddim', '--steps', '5', '--out', out])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'EMA weights' in proc.stdout and 'step 790' in proc.stdout
+  assert '/6 samples' in proc.stdout and 'recognisable digits' in proc.stdout  # the digit check
   samples = np.load(out + '.npz')['samples']
   assert samples.shape == (6, 16, 16, 3) and samples.dtype == np.uint8
   assert len({s.tobytes() for s in samples}) == 6

@@ -381,3 +381,33 @@ def test_bfloat16_training_keeps_float32_variables_and_finite_loss(tmp_path):
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(state.model_dir))
   assert np.isfinite(reader.get_tensor('model/conv_in/W')).all()
   assert int(reader.get_tensor('global_step')) == 3
+
+
+# ----------------------------------------------------------------------------- space-to-depth
+
+@pytest.mark.parametrize('var_type', ['fixedlarge', 'learned'])
+def test_block_size_runs_the_unet_on_space_to_depth_blocks(var_type):
+  kw = dict(runners.script_defaults(_script('run_digits').train), model_var_type=var_type,
+            loss_type='kl' if var_type == 'learned' else 'mse', block_size=2)
+  model = runners.make_model(kw, (16, 16, 3))
+  C = 6 if var_type == 'learned' else 3
+  # The network sees 8x8x12 inputs and predicts 4 pixels' worth of channels per position.
+  assert model.net.resolution == 8 and model.net.in_ch == 12 and model.net.out_ch == 4 * C
+  x = tf.random.stateless_uniform([2, 16, 16, 3], seed=[1, 2], minval=-1, maxval=1)
+  t = tf.constant([3, 700])
+  out = model.denoise(x, t)
+  assert out.shape == (2, 16, 16, C)
+  manual = tf.nn.depth_to_space(model.net(tf.nn.space_to_depth(x, 2), t, training=False), 2)
+  np.testing.assert_allclose(out.numpy(), manual.numpy(), rtol=1e-6, atol=1e-6)
+  # Pixel (i, j) of the input reaches the network as channel block ((i%2)*2 + j%2) of (i//2, j//2).
+  s2d = tf.nn.space_to_depth(x, 2).numpy()
+  np.testing.assert_array_equal(s2d[1, 3, 5, 9:12], x.numpy()[1, 7, 5 * 2 + 1])
+  assert np.isfinite(model.train_fn(x, None)['loss'].numpy())
+
+
+def test_block_size_is_part_of_the_digits_experiment_name_and_validated():
+  kw = dict(runners.script_defaults(_script('run_digits').train), block_size=2)
+  assert runners.experiment_name(kw).endswith('_randflip0_blk2')
+  assert runners.experiment_name(dict(kw, block_size=1)).endswith('_randflip0')  # v2 template
+  with pytest.raises(ValueError, match='block_size=3 does not divide'):
+    runners.make_model(dict(kw, block_size=3), (16, 16, 3))

@@ -20,7 +20,7 @@ DIGITS = unet.MODEL_CONFIGS['unet_digits']
 # ============================================================================ helpers
 
 def expected_variables(*, ch, ch_mult, num_res_blocks, attn_resolutions, resolution,
-                       in_ch=3, out_ch=3, s='model'):
+                       in_ch=3, out_ch=3, s='model', resamp_with_conv=True):
   """{TF1 name: shape} following §3.2/§3.4 (written from the spec, not from unet.py)."""
   out = {}
   temb_ch = 4 * ch
@@ -60,7 +60,8 @@ def expected_variables(*, ch, ch_mult, num_res_blocks, attn_resolutions, resolut
         attn(f'{s}/down_{l}/attn_{i}', cur)
       hs.append(cur)
     if l != L - 1:
-      conv(f'{s}/down_{l}/downsample/conv', cur, cur)
+      if resamp_with_conv:
+        conv(f'{s}/down_{l}/downsample/conv', cur, cur)
       hs.append(cur)
       res //= 2
   resblock(f'{s}/mid/block_1', cur, cur)
@@ -73,7 +74,8 @@ def expected_variables(*, ch, ch_mult, num_res_blocks, attn_resolutions, resolut
       if res in attn_resolutions:
         attn(f'{s}/up_{l}/attn_{i}', cur)
     if l != 0:
-      conv(f'{s}/up_{l}/upsample/conv', cur, cur)
+      if resamp_with_conv:
+        conv(f'{s}/up_{l}/upsample/conv', cur, cur)
       res *= 2
   assert not hs
   norm(f'{s}/norm_out', cur)

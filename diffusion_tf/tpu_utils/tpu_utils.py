@@ -17,7 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import utils
+from .. import checkpoints, utils
 from ..checkpoints import EMA_SUFFIX, resolve_checkpoint
 from ..models.unet import tf1_name
 
@@ -237,9 +237,8 @@ class _Saver:
 
   def __init__(self, state, model_dir, keep):
     self.prefix = os.path.join(model_dir, 'model.ckpt')
-    self.saver = tf.compat.v1.train.Saver(
-        var_list={k: _local(v) for k, v in state.var_dict().items()},
-        max_to_keep=keep, save_relative_paths=True)
+    self.saver = checkpoints.tf1_saver({k: _local(v) for k, v in state.var_dict().items()},
+                                       max_to_keep=keep, save_relative_paths=True)
     # Keep retention working across restarts.
     ckpt_state = tf.train.get_checkpoint_state(model_dir)
     if ckpt_state is not None:
@@ -481,8 +480,9 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
         if math.isfinite(rate):
           tf.summary.scalar('train/steps_per_sec', rate)
       eta = (max_steps - step) / rate if max_steps < 1e9 and math.isfinite(rate) else float('nan')
+      rate_text = f'{rate:.2f} steps/s' if math.isfinite(rate) else '(tracing)'
       log_fn(f'step {step}' + (f'/{max_steps}' if max_steps < 1e9 else '')
-             + f'  loss {mean_loss:.5f}  {rate:.2f} steps/s  ETA {_format_eta(eta)}')
+             + f'  loss {mean_loss:.5f}  {rate_text}  ETA {_format_eta(eta)}')
       if save_every_steps and step % save_every_steps == 0:
         save(f'every {save_every_steps} steps')
       elif time.time() - last_save_time >= save_checkpoints_secs:
