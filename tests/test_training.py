@@ -411,3 +411,45 @@ def test_block_size_is_part_of_the_digits_experiment_name_and_validated():
   assert runners.experiment_name(dict(kw, block_size=1)).endswith('_randflip0')  # v2 template
   with pytest.raises(ValueError, match='block_size=3 does not divide'):
     runners.make_model(dict(kw, block_size=3), (16, 16, 3))
+
+
+# ----------------------------------------------------------------------------- one trainer per run
+
+def _tiny_run(log_dir, **kw):
+  return tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(_images(64)), total_bs=8,
+      optimizer='adam', lr=0.1, warmup=0, grad_clip=1., log_dir=log_dir, exp_name='lock',
+      date_str='d', log_fn=lambda *_: None, **kw)
+
+
+def test_a_run_directory_busy_with_another_live_trainer_is_refused(tmp_path):
+  model_dir = tmp_path / 'd' / 'lock'
+  model_dir.mkdir(parents=True)
+  lock = model_dir / tpu_utils.LOCK_FILE
+  other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    lock.write_text(json.dumps({'host': __import__('socket').gethostname(), 'pid': other.pid}))
+    with pytest.raises(tpu_utils.RunDirectoryBusyError, match=f'pid {other.pid}.*delete'):
+      _tiny_run(str(tmp_path), max_steps=2)
+    assert tf.train.latest_checkpoint(str(model_dir)) is None  # nothing was written
+    assert json.loads(lock.read_text())['pid'] == other.pid  # the owner's lock is untouched
+  finally:
+    other.kill()
+    other.wait()
+  # The owner is gone now: its stale lock is taken over, and released at the end of training.
+  state = _tiny_run(str(tmp_path), max_steps=2)
+  assert int(state.global_step.numpy()) == 2
+  assert not lock.exists()
+
+
+def test_run_lock_is_reentrant_for_the_same_process_and_released(tmp_path):
+  release = tpu_utils.acquire_run_lock(str(tmp_path))
+  lock = tmp_path / tpu_utils.LOCK_FILE
+  assert json.loads(lock.read_text())['pid'] == os.getpid()
+  # An earlier call of this process that died with an exception (a notebook) does not block.
+  release2 = tpu_utils.acquire_run_lock(str(tmp_path))
+  release()
+  release2()  # already released: no error
+  assert not lock.exists()
+  # gs:// directories are not locked (no atomic create through gfile).
+  assert tpu_utils.acquire_run_lock('gs://bucket/run')() is None

@@ -9,9 +9,11 @@ authors' released models.
 """
 
 import contextlib
+import json
 import math
 import os
 import signal
+import socket
 import time
 
 import numpy as np
@@ -267,6 +269,70 @@ def load_train_kwargs(model_dir):
   return utils.read_json(os.path.join(model_dir, 'kwargs.json'))
 
 
+class RunDirectoryBusyError(RuntimeError):
+  pass
+
+
+LOCK_FILE = 'train.lock'
+
+
+def _pid_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def acquire_run_lock(model_dir, log_fn=utils.log):
+  """Claims ``<model_dir>/train.lock`` so that two trainings never write the same run.
+
+  The lock names the owner's host and pid. A lock left by a process that no longer runs on
+  this host (a crash, a kill -9), or by this very process (an earlier call in a notebook), is
+  taken over. Local directories only: gs:// has no atomic create-if-absent through gfile.
+  Returns a function that releases the lock.
+  """
+  if '://' in model_dir:
+    return lambda: None
+  path = os.path.join(model_dir, LOCK_FILE)
+  me = {'host': socket.gethostname(), 'pid': os.getpid()}
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          owner = json.load(f)
+      except (OSError, ValueError):  # unreadable: refused below, the message names the file
+        owner = {}
+      same_host = owner.get('host') == me['host']
+      pid = owner.get('pid')
+      if same_host and isinstance(pid, int) and (pid == me['pid'] or not _pid_alive(pid)):
+        if pid != me['pid']:
+          log_fn(f'Taking over {path} left by pid {pid}, which no longer runs')
+        os.remove(path)
+        continue
+      raise RunDirectoryBusyError(
+          f'{model_dir} is being trained by another process ({path}: host '
+          f'{owner.get("host")!r}, pid {pid}). Wait for it to finish, use another --exp_name or '
+          f'--log_dir, or delete {path} if that process is gone.')
+    with os.fdopen(fd, 'w') as f:
+      json.dump(me, f)
+
+    def release():
+      try:
+        with open(path) as f:
+          mine = json.load(f).get('pid') == me['pid']
+        if mine:
+          os.remove(path)
+      except (OSError, ValueError):
+        pass  # already gone
+    return release
+  raise RunDirectoryBusyError(f'could not claim {path}')
+
+
 def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch):
   path = os.path.join(model_dir, 'kwargs.json')
   kwargs = _jsonable(kwargs)
@@ -363,6 +429,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
 
   model_dir = os.path.join(log_dir, date_str or time.strftime('%Y-%m-%d'), exp_name)
   tf.io.gfile.makedirs(model_dir)
+  release_lock = acquire_run_lock(model_dir, log_fn) if chief else (lambda: None)
   if dump_kwargs is not None and chief:
     _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch)
   log_fn(f'model_dir: {model_dir}')
@@ -489,6 +556,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
         save(f'every {save_checkpoints_secs} s')
     save('signal' if stop.signum is not None else 'end of training')
   writer.flush()
+  release_lock()
   log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
          f'model_dir: {model_dir}')
   state.model_dir = model_dir
