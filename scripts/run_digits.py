@@ -23,7 +23,7 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
           num_diffusion_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule='linear',
           model_mean_type='eps', model_var_type='fixedlarge', loss_type='mse', dropout=0.0,
           randflip=0, log_dir='logs', keep_checkpoint_max=2,
-          *, resolution=16, block_size=1, ema_decay=0.995, max_steps=3500, num_sample_images=64, region=None,
+          *, resolution=16, block_size=1, ema_decay=0.995, max_steps=4000, num_sample_images=64, region=None,
           save_every_steps=None, save_checkpoints_secs=600, clip_mode='global',
           allow_kwargs_mismatch=False, mixed_precision=None):
   """Trains the digits model (flips off: digits are not mirror-symmetric; a faster EMA
