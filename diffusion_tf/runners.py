@@ -246,9 +246,6 @@ def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
       print(f'{k}: {kw[k]}')
   ds = get_dataset_from_kwargs(kw)
   ds.check_available()  # fail now, not after connecting to a TPU and building the model
-  if kw.get('mixed_precision') == 'float16':
-    print('Note: float16 training runs without loss scaling; bfloat16 is the safe low-precision '
-          'choice (same exponent range as float32).', flush=True)
 
   return tpu_utils.run_training(
       model_constructor=lambda: make_model(kw, ds.image_shape, ds.num_classes),
@@ -261,7 +258,9 @@ def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
       warm_start_from=warm_start_model_dir,
       save_checkpoints_secs=kw.get('save_checkpoints_secs', 1600),
       save_every_steps=kw.get('save_every_steps'), clip_mode=kw.get('clip_mode', 'global'),
-      allow_kwargs_mismatch=kw.get('allow_kwargs_mismatch', False))
+      allow_kwargs_mismatch=kw.get('allow_kwargs_mismatch', False),
+      # float16's narrow exponent range needs loss scaling; bfloat16 has float32's range.
+      loss_scale='dynamic' if kw.get('mixed_precision') == 'float16' else None)
 
 
 # ----------------------------------------------------------------------------- sample command

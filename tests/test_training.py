@@ -135,6 +135,77 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   reader = tf.train.load_checkpoint(latest)
   assert np.isfinite(reader.get_tensor('model/w/W')).all()
   assert not tf.io.gfile.glob(str(model_dir / 'model.ckpt-4*'))
+  # The run lock goes with the failed run: a restart from another process is not refused.
+  assert not (model_dir / tpu_utils.LOCK_FILE).exists()
+
+
+def _event_scalars(model_dir):
+  """{tag: {step: value}} of every scalar summary in a run directory."""
+  from tensorflow.core.util import event_pb2
+  out = {}
+  for f in tf.io.gfile.glob(os.path.join(str(model_dir), 'events.out.tfevents.*')):
+    for rec in tf.data.TFRecordDataset(f):
+      e = event_pb2.Event.FromString(rec.numpy())
+      for v in e.summary.value:
+        out.setdefault(v.tag, {})[e.step] = float(tf.make_ndarray(v.tensor))
+  return out
+
+
+def test_tensorboard_summaries_have_the_documented_tags(tmp_path):
+  images = _images(64)
+  state = tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+      optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, log_dir=str(tmp_path), exp_name='tb',
+      max_steps=5, summary_every=2, log_fn=lambda *_: None)
+  scalars = _event_scalars(state.model_dir)
+  # Written from inside the compiled loop, yet not prefixed with its scope ('while/cond/...').
+  assert {'train/loss', 'train/gnorm', 'train/pnorm', 'train/lr', 'train/steps_per_sec'} <= set(scalars)
+  assert sorted(scalars['train/lr']) == [0, 2, 4]
+  np.testing.assert_allclose([scalars['train/lr'][s] for s in (0, 2, 4)], [0., 0.1, 0.1])
+  assert all(np.isfinite(v) and v > 0 for v in scalars['train/loss'].values())
+
+
+def test_dynamic_loss_scale_schedule():
+  ls = tpu_utils.DynamicLossScale(initial=8., growth_interval=3, min_scale=2.)
+  seen = []
+  for finite in [True, True, False, True, True, True, True, False, False, False]:
+    ls.update(tf.constant(finite))
+    seen.append((float(ls.scale.numpy()), int(ls.good_steps.numpy())))
+  assert seen == [(8, 1), (8, 2), (4, 0),  # overflow: halve, restart the count
+                  (4, 1), (4, 2), (8, 0),  # 3 finite steps in a row: double
+                  (8, 1), (4, 0), (2, 0), (2, 0)]  # never below min_scale
+  assert int(ls.skipped.numpy()) == 4
+
+
+class Float16Model(TinyModel):
+  """TinyModel computed in float16: its gradients overflow at a large loss scale."""
+
+  def train_fn(self, x, y):
+    feats = tf.cast(tf.reduce_mean(x, axis=[1, 2]), tf.float16)
+    err = tf.cast(self.w, tf.float16) * feats - 0.5
+    return {'loss': tf.cast(tf.reduce_mean(tf.square(err)), tf.float32) * 100.}
+
+
+def test_float16_training_skips_overflowing_steps_and_matches_float32(tmp_path):
+  images = _images(64)
+  common = dict(total_bs=8, optimizer='adam', lr=0.05, warmup=0, grad_clip=100.,
+                log_dir=str(tmp_path), max_steps=6, log_fn=lambda *_: None)
+  state = tpu_utils.run_training(model_constructor=Float16Model, train_input_fn=_input_fn(images),
+                                 exp_name='f16', loss_scale='dynamic', **common)
+  ls = state.loss_scale
+  # 2^15 * 100 * O(1) gradients overflow float16 (max 65504): those steps are skipped, each
+  # halving the scale, until the gradients fit; the run still trains max_steps real steps.
+  skipped = int(ls.skipped.numpy())
+  assert skipped >= 1 and float(ls.scale.numpy()) == 2. ** 15 / 2 ** skipped
+  assert int(state.global_step.numpy()) == 6
+  # The applied steps are the float32 steps (on the batches after the skipped ones) up to
+  # float16 rounding of the gradients.
+  ref = tpu_utils.run_training(model_constructor=TinyModel, exp_name='f32',
+                               train_input_fn=_input_fn(np.roll(images, -8 * skipped, axis=0)), **common)
+  np.testing.assert_allclose(state.variables[0].numpy(), ref.variables[0].numpy(), rtol=2e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="loss_scale='static'"):
+    tpu_utils.run_training(model_constructor=Float16Model, train_input_fn=_input_fn(images),
+                           exp_name='bad', loss_scale='static', **common)
 
 
 def test_kwargs_conflict_is_refused_unless_allowed(tmp_path):
