@@ -76,31 +76,34 @@ def _env():
 
 OURS32, DIFF32 = ('ours', 'float32'), ('diffusers', 'float32')
 OURS16, DIFF16 = ('ours', 'bfloat16'), ('diffusers', 'bfloat16')
+# Our inference as the samplers run it: the weights compiled in as constants (nn.constant_weights).
+CONST32, CONST16 = ('ours', 'float32', 'const'), ('ours', 'bfloat16', 'const')
 
 
 def plan(quick, xla, with_diffusers_bf16):
   """(name, kind, model, batch, variants, repeats, calls per sample)."""
   all4 = [OURS32, DIFF32, OURS16] + ([DIFF16] if with_diffusers_bf16 else [])
   three = [OURS32, DIFF32, OURS16]
+  infer = [CONST32, CONST16]  # extra variants of the inference cases
   if quick:
     cases = [
-        ('forward', 'forward', 'cifar32', 1, all4, 3, 2),
-        ('forward', 'forward', 'cifar32', 16, all4, 3, 1),
+        ('forward', 'forward', 'cifar32', 1, all4 + infer, 3, 2),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer, 3, 1),
         ('train', 'train', 'cifar32', 16, all4, 2, 1),
-        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three, 2, 1),
-        ('sample_ddim', 'sample_ddim:2', 'cifar32', 16, three, 2, 1),
+        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 2, 1),
+        ('sample_ddim', 'sample_ddim:2', 'cifar32', 16, three + infer, 2, 1),
         ('forward', 'forward', 'cifar64', 1, three, 2, 1),
         ('forward', 'forward', 'big256', 1, three, 2, 1),
     ]
   else:
     cases = [
-        ('forward', 'forward', 'cifar32', 1, all4, 12, 2),
-        ('forward', 'forward', 'cifar32', 16, all4, 9, 1),
-        ('forward', 'forward', 'cifar32', 64, all4, 5, 1),
+        ('forward', 'forward', 'cifar32', 1, all4 + infer, 12, 2),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer, 9, 1),
+        ('forward', 'forward', 'cifar32', 64, all4 + infer, 5, 1),
         ('train', 'train', 'cifar32', 16, all4, 7, 1),
         ('train', 'train', 'cifar32', 64, all4, 3, 1),
-        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three, 7, 1),
-        ('sample_ddim', 'sample_ddim:3', 'cifar32', 16, three, 4, 1),
+        ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 7, 1),
+        ('sample_ddim', 'sample_ddim:3', 'cifar32', 16, three + infer, 4, 1),
         ('forward', 'forward', 'cifar64', 1, three, 9, 1),
         ('forward', 'forward', 'cifar64', 16, three, 4, 1),
         ('forward', 'forward', 'big256', 1, three, 4, 1),
@@ -119,6 +122,11 @@ def vname(v):
   return '/'.join(v)
 
 
+def vmode(v):
+  """'' (plain), 'xla' (jit_compile) or 'const' (constant weights) of a variant tuple."""
+  return v[2] if len(v) > 2 else ''
+
+
 # ----------------------------------------------------------------------------- measuring
 
 def stats(ts):
@@ -135,9 +143,10 @@ def run_case(workers, case, log):
   setup = {}
   for v in variants:
     fw, dtype = v[0], v[1]
-    xla = len(v) > 2 and v[2] == 'xla'
-    res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{xla}', kind=kind, model=model,
-                           batch=batch, dtype=dtype, xla=xla, warmup=2)
+    mode = vmode(v)
+    extra = {'const': True} if mode == 'const' else {}  # an option of our side only
+    res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{mode}', kind=kind, model=model,
+                           batch=batch, dtype=dtype, xla=mode == 'xla', warmup=2, **extra)
     setup[vname(v)] = res
     log(f'  setup {label} {vname(v)}: {res["setup_s"]:.1f}s '
         f'(warm-up calls {", ".join(f"{t:.2f}" for t in res["warmup_times"])} s)')
@@ -146,14 +155,12 @@ def run_case(workers, case, log):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
     for v in order:
       fw, dtype = v[0], v[1]
-      xla = len(v) > 2 and v[2] == 'xla'
-      res = workers[fw].call(cmd='time', key=f'{key}|{dtype}|{xla}', n=calls)
+      res = workers[fw].call(cmd='time', key=f'{key}|{dtype}|{vmode(v)}', n=calls)
       samples[vname(v)].append(float(np.mean(res['times'])))
   tracing = {}
   for v in variants:
     fw, dtype = v[0], v[1]
-    xla = len(v) > 2 and v[2] == 'xla'
-    k = f'{key}|{dtype}|{xla}'
+    k = f'{key}|{dtype}|{vmode(v)}'
     if fw == 'ours':
       tr = workers[fw].call(cmd='tracing')['tracing'][k]
       tracing[vname(v)] = {'after_warmup': setup[vname(v)]['tracing_after_warmup'], 'end': tr}
@@ -280,8 +287,8 @@ def write_report(path, data):
 
   cases = data['cases']
 
-  def get(c, fw, dt, xla=False):
-    return c['results'].get(f'{fw}/{dt}' + ('/xla' if xla else ''))
+  def get(c, fw, dt, xla=False, mode=''):
+    return c['results'].get(f'{fw}/{dt}' + ('/xla' if xla else '') + (f'/{mode}' if mode else ''))
 
   add('## U-Net forward and training step (CIFAR-10 config, 32×32)')
   add('')
@@ -298,6 +305,25 @@ def write_report(path, data):
   add('Training step = loss (mean `training_losses`, eps-prediction MSE, dropout 0.1) + '
       'backward + global-norm clip 1.0 + Adam (lr 2e-4) + EMA 0.9999 update, one compiled '
       'call on our side; the same in PyTorch (foreach Adam, `clip_grad_norm_`, `_foreach_lerp_` EMA).')
+  add('')
+
+  add('## Inference as our samplers run it: weights compiled in as constants')
+  add('')
+  add('`generate_samples` / the `sample` commands trace their sampling loop inside '
+      '`nn.constant_weights()`: the network reads its weights as graph constants, so oneDNN '
+      'reorders each convolution filter into its blocked layout once and caches it, instead of '
+      'at every call (the plain columns above read variables, as the training step must). '
+      'Same outputs bit for bit (tests/test_sampling.py).')
+  add('')
+  add('| case | ours fp32 plain | ours fp32 const | diffusers fp32 | speedup fp32 const | ours bf16 const | speedup bf16 const vs diffusers fp32 |')
+  add('|---|---|---|---|---|---|---|')
+  for c in cases:
+    c32 = get(c, 'ours', 'float32', mode='const')
+    if c['model'] != 'cifar32' or not c32:
+      continue
+    o32, d32, c16 = get(c, 'ours', 'float32'), get(c, 'diffusers', 'float32'), get(c, 'ours', 'bfloat16', mode='const')
+    add(f'| {c["label"]} | {fmt_t(o32)} | {fmt_t(c32)} | {fmt_t(d32)} | **{speedup(d32, c32)}** | '
+        f'{fmt_t(c16)} | **{speedup(d32, c16)}** |')
   add('')
 
   add('## Sampling cost per image (batch 16)')
@@ -447,19 +473,29 @@ def targets(data):
         return c
     return None
   for name in ('forward', 'train'):
-    for b in (16, 64):
+    for b in (1, 16, 64):
       c = find(name, b)
       if not c:
         continue
-      o32, d32, o16 = (c['results'].get(k) for k in ('ours/float32', 'diffusers/float32', 'ours/bfloat16'))
+      o32, d32, o16, c32, c16 = (c['results'].get(k) for k in (
+          'ours/float32', 'diffusers/float32', 'ours/bfloat16', 'ours/float32/const',
+          'ours/bfloat16/const'))
       if o32 and d32:
         s = d32['median'] / o32['median']
         out.append(f'fp32 {name} batch {b}: {s:.2f}× diffusers (target ≥ 1.2×) — '
                    f'{"met" if s >= 1.2 else "NOT met"}')
+      if c32 and d32:
+        s = d32['median'] / c32['median']
+        out.append(f'fp32 {name} batch {b}, constant weights (as sampling runs it): {s:.2f}× '
+                   f'diffusers (target ≥ 1.2×) — {"met" if s >= 1.2 else "NOT met"}')
       if o16 and d32:
         s = d32['median'] / o16['median']
         out.append(f'bf16 {name} batch {b}: {s:.2f}× diffusers fp32 (target ≥ 1.8×) — '
                    f'{"met" if s >= 1.8 else "NOT met"}')
+      if c16 and d32:
+        s = d32['median'] / c16['median']
+        out.append(f'bf16 {name} batch {b}, constant weights: {s:.2f}× diffusers fp32 '
+                   f'(target ≥ 1.8×) — {"met" if s >= 1.8 else "NOT met"}')
   retr = any(tr['after_warmup'] != tr['end'] for c in cases for tr in c['tracing'].values())
   out.append(f'No retracing after warm-up — {"NOT met" if retr else "met"}')
   mem = data['memory']
@@ -531,7 +567,7 @@ def main():
       for case in cases:
         log(f'case {case[0]} {case[2]} batch {case[3]}: {[vname(v) for v in case[4]]} x{case[5]}')
         res = run_case(workers, case, log)
-        res['xla_case'] = any(len(v) > 2 for v in case[4])
+        res['xla_case'] = any(vmode(v) == 'xla' for v in case[4])
         data['cases'].append(res)
         loads.append(res['load'][0])
       if not a.only:

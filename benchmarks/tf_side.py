@@ -180,8 +180,20 @@ def _maybe_jit(fn, xla):
   return tf.function(fn, jit_compile=True) if xla else tf.function(fn)
 
 
-def build(kind, model='cifar32', batch=16, dtype='float32', xla=False):
-  """Returns a warmed-up `Bench` for kind in forward / train / sample_ddpm."""
+def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=False):
+  """Returns a `Bench` for kind in forward / train / sample_ddpm / sample_ddim:K.
+
+  ``const``: inference with the weights compiled in as constants, as the library's samplers
+  run it (`nn.constant_weights`); the function is traced here, inside that context.
+  """
+  if const:
+    if kind == 'train':
+      raise ValueError('constant weights are for inference, not for the train step')
+    from diffusion_tf import nn
+    with nn.constant_weights():
+      bench = build(kind, model, batch, dtype, xla)
+      bench.fn.get_concrete_function(*bench.args)  # trace now, inside the context
+    return bench
   x, t = _inputs(model, batch)
   if kind == 'forward':
     net = _net(model, dtype, 0.1)

@@ -5,8 +5,9 @@
 Runs the real DDIM loop (`sampling.ddim_sample_loop`, one compiled while loop) over the last K
 steps of the 50-step schedule, after a warm-up call, and the real ancestral step
 (`p_sample`, the body of `p_sample_loop`) K times; per-step time x 50 (DDIM) or x 1000 (DDPM)
-gives the time of a full run, batch / that time the throughput. Prints a Markdown table and
-appends it to RESULTS.md with --append.
+gives the time of a full run, batch / that time the throughput. Like `generate_samples`, the
+loops read the weights as constants (`nn.constant_weights`; --plain reads variables). Prints a
+Markdown table and appends it to RESULTS.md with --append.
 """
 
 import argparse
@@ -20,9 +21,10 @@ import tf_side  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def per_step_seconds(kind, batch, dtype, k, repeats):
+def per_step_seconds(kind, batch, dtype, k, repeats, const=True):
   """Median seconds per sampler step over `repeats` timed calls."""
-  bench = tf_side.build(kind if kind == 'sample_ddpm' else f'sample_ddim:{k}', 'cifar32', batch, dtype)
+  bench = tf_side.build(kind if kind == 'sample_ddpm' else f'sample_ddim:{k}', 'cifar32', batch, dtype,
+                        const=const)
   bench.run()  # warm-up beyond build's
   steps_per_call = 1 if kind == 'sample_ddpm' else k
   times = []
@@ -40,14 +42,15 @@ def main():
   p.add_argument('--k', type=int, default=5, help='DDIM steps per timed call')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--plain', action='store_true', help='weights as variable reads, not constants')
   p.add_argument('--append', action='store_true', help='append the table to RESULTS.md')
   a = p.parse_args()
   tf_side.setup_threads(a.threads)
   rows, best = [], {}
   for dtype in a.dtypes:
     for batch in a.batches:
-      ddim, tr1 = per_step_seconds('sample_ddim', batch, dtype, a.k, a.repeats)
-      ddpm, tr2 = per_step_seconds('sample_ddpm', batch, dtype, a.k, a.repeats)
+      ddim, tr1 = per_step_seconds('sample_ddim', batch, dtype, a.k, a.repeats, not a.plain)
+      ddpm, tr2 = per_step_seconds('sample_ddpm', batch, dtype, a.k, a.repeats, not a.plain)
       ips_ddpm, ips_ddim = batch / (1000 * ddpm), batch / (50 * ddim)
       rows.append(f'| {dtype} | {batch} | {ddpm * 1e3:.0f} ms | {ips_ddpm:.4f} | '
                   f'{ddim * 1e3:.0f} ms | {ips_ddim:.3f} | {tr1}/{tr2} |')
@@ -64,7 +67,8 @@ def main():
       f'{datetime.datetime.now():%Y-%m-%d %H:%M})\n',
       f'Per-step time of the compiled DDIM loop (last {a.k} steps of the 50-step schedule per '
       'call) and of the ancestral step, median of '
-      f'{a.repeats} calls after warm-up; images/s = batch / (steps x per-step time). '
+      f'{a.repeats} calls after warm-up, weights {"read from variables" if a.plain else "as constants"}; '
+      'images/s = batch / (steps x per-step time). '
       '"traces" = tracing count of the DDIM / DDPM functions after all calls (1 = no retracing).\n',
       *table, '', *summary, ''])
   print(text)

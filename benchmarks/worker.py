@@ -109,8 +109,9 @@ def serve(side, out):
       elif cmd == 'setup':
         key = msg['key']
         t0 = time.perf_counter()
+        extra = {'const': True} if msg.get('const') else {}
         bench = side.build(msg['kind'], msg.get('model', 'cifar32'), msg['batch'],
-                           msg.get('dtype', 'float32'), msg.get('xla', False))
+                           msg.get('dtype', 'float32'), msg.get('xla', False), **extra)
         warm = []
         for _ in range(msg.get('warmup', 2)):
           t1 = time.perf_counter()

@@ -5,7 +5,9 @@ TF1-style name (``<scope>/W``, ``<scope>/b``, ``<scope>/gamma``, ``<scope>/beta`
 so ``var.name`` reproduces the variable names of the original TF1 checkpoints.
 """
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -66,6 +68,40 @@ def debug_print(x, name):
   return x
 
 
+# ----------------------------------------------------------------------------- weight reads
+
+_TRACING = threading.local()
+
+
+@contextlib.contextmanager
+def constant_weights():
+  """Functions traced inside this context read the layers' weights as graph constants.
+
+  Why: oneDNN reorders a convolution filter into its blocked layout on every call when the
+  filter is a variable, but only once (then cached) when it is a constant. For the CIFAR-10
+  U-Net that is ~25% of a batch-1 forward pass on CPU (101 -> 78 ms), ~5% at batch 16.
+  The constants are the weights' values *at trace time*: only for inference with fixed
+  weights (a sampling run); a function traced here does not see later updates.
+  Eager calls and functions traced outside the context are unaffected.
+  """
+  previous = getattr(_TRACING, 'constant_weights', False)
+  _TRACING.constant_weights = True
+  try:
+    yield
+  finally:
+    _TRACING.constant_weights = previous
+
+
+def read_weight(v, dtype):
+  """Variable ``v`` as a ``dtype`` tensor: a read, or (see `constant_weights`) a constant."""
+  if (getattr(_TRACING, 'constant_weights', False) and not tf.executing_eagerly()
+      and isinstance(v, tf.Variable)):
+    with tf.init_scope():  # the value now, read eagerly even while tracing
+      value = v.numpy()
+    return tf.cast(tf.constant(value), dtype)  # the cast of a constant is folded at graph build
+  return tf.cast(v, dtype)
+
+
 # ----------------------------------------------------------------------------- layers
 
 class Dense(tf.Module):
@@ -77,9 +113,9 @@ class Dense(tf.Module):
     self.b = tf.Variable(tf.zeros([num_units]), name=name + '/b') if bias else None
 
   def __call__(self, x):
-    y = tf.matmul(x, tf.cast(self.W, x.dtype))
+    y = tf.matmul(x, read_weight(self.W, x.dtype))
     # BiasAdd (not a broadcasting AddV2) so the graph optimizer fuses it into the MatMul.
-    return y if self.b is None else tf.nn.bias_add(y, tf.cast(self.b, x.dtype))
+    return y if self.b is None else tf.nn.bias_add(y, read_weight(self.b, x.dtype))
 
 
 def _reshape_last(y, x, units):
@@ -113,8 +149,8 @@ def conv2d_1x1(x, W, b=None):
 
   W: [in, out] (a `Dense`/`NIN` kernel, cast to x.dtype); b: [out] or None.
   """
-  y = tf.nn.conv2d(x, tf.cast(W, x.dtype)[None, None], strides=1, padding='VALID')
-  return y if b is None else tf.nn.bias_add(y, tf.cast(b, x.dtype))
+  y = tf.nn.conv2d(x, read_weight(W, x.dtype)[None, None], strides=1, padding='VALID')
+  return y if b is None else tf.nn.bias_add(y, read_weight(b, x.dtype))
 
 
 class Conv2D(tf.Module):
@@ -129,10 +165,10 @@ class Conv2D(tf.Module):
     self.b = tf.Variable(tf.zeros([num_units]), name=name + '/b') if bias else None
 
   def __call__(self, x):
-    y = tf.nn.conv2d(x, tf.cast(self.W, x.dtype), strides=self.stride, padding=self.pad)
+    y = tf.nn.conv2d(x, read_weight(self.W, x.dtype), strides=self.stride, padding=self.pad)
     # BiasAdd lets the graph optimizer emit one fused Conv2D+BiasAdd(+Add) oneDNN kernel
     # and a fused Conv2DBackpropFilter+BiasAddGrad in the backward pass.
-    return y if self.b is None else tf.nn.bias_add(y, tf.cast(self.b, x.dtype))
+    return y if self.b is None else tf.nn.bias_add(y, read_weight(self.b, x.dtype))
 
 
 # ----------------------------------------------------------------------------- group norm
@@ -266,7 +302,8 @@ class GroupNorm(tf.Module):
     self.gamma = tf.Variable(tf.ones([ch]), name=name + '/gamma')
 
   def __call__(self, x, swish=False):
-    return group_norm(x, self.gamma, self.beta, num_groups=self.num_groups, eps=self.eps,
+    return group_norm(x, read_weight(self.gamma, tf.float32), read_weight(self.beta, tf.float32),
+                      num_groups=self.num_groups, eps=self.eps,
                       swish=swish)
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from . import utils
+from . import nn, utils
 from .diffusion_base import timestep_loop
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
@@ -162,9 +162,16 @@ class Sampler:
   The noise comes from a `tf.random.Generator` reset to each batch's seed: resetting the
   global seed would not reseed an already-compiled sampling loop. Created under a
   strategy's scope, the generator gives every replica its own stream.
+
+  ``constant_weights=True`` compiles the loop with the network's weights as graph constants
+  (`nn.constant_weights`: oneDNN then reorders each filter once instead of at every step)
+  taken at the first batch of each size: for a Sampler whose weights do not change while
+  it is used (`generate_samples` makes one per call), not for one that outlives a
+  checkpoint restore.
   """
 
-  def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', strategy=None):
+  def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', strategy=None,
+               constant_weights=False):
     if sampler not in SAMPLERS:
       raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
     self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
@@ -178,6 +185,8 @@ class Sampler:
     self._respaced = None
     if sampler == 'ddpm' and self.steps is not None:
       self._respaced = respace(self.diffusion, self.timesteps)
+    self.constant_weights = constant_weights
+    self._frozen = {}  # batch size -> loop compiled with constant weights
 
   def describe(self):
     T = self.diffusion.num_timesteps
@@ -191,6 +200,16 @@ class Sampler:
 
   def sample(self, batch_size):
     """One batch as a tensor, with the generator's current noise stream."""
+    if not self.constant_weights or not tf.executing_eagerly():
+      return self._sample_loop(batch_size)
+    fn = self._frozen.get(batch_size)
+    if fn is None:
+      with nn.constant_weights():  # traced now, so the weights are read now
+        fn = tf.function(lambda: self._sample_loop(batch_size)).get_concrete_function()
+      self._frozen[batch_size] = fn
+    return fn()
+
+  def _sample_loop(self, batch_size):
     shape = (batch_size, *self.model.image_shape)
     if self.sampler == 'ddim':
       return ddim_sample_loop(self.diffusion, self.model.denoise, shape=shape,
@@ -210,7 +229,9 @@ def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=No
                      spacing='uniform', seed=0, log_fn=utils.log):
   """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress.
   Batch i uses noise seed ``batch_seed(seed, i)``, so a seed fixes the samples."""
-  draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing)
+  # One Sampler per call, so the weights cannot change under its constant-weight loop.
+  draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                 constant_weights=True)
   out, t0 = [], time.time()
   num_batches = math.ceil(num_samples / batch_size)
   for i in range(num_batches):

@@ -218,3 +218,54 @@ def test_generate_samples_seed_fixes_the_samples():
   assert np.abs(a - b).min() > 0 or np.abs(a - b).max() > 1e-3
   # Batches do not repeat each other's noise.
   assert np.abs(a[0] - a[3]).max() > 1e-3
+
+
+def _randomized_digits_model(T=20):
+  import scripts.run_digits as run_digits
+  kw = dict(runners.script_defaults(run_digits.train), num_diffusion_timesteps=T, resolution=8)
+  model = runners.make_model(kw, (8, 8, 3))
+  rng = np.random.RandomState(0)
+  for v in model.net.trainable_variables:  # the zero-initialised output layers make eps = 0
+    v.assign(rng.normal(0., 0.05, v.shape).astype(np.float32))
+  return model
+
+
+@pytest.mark.parametrize('sampler', ['ddpm', 'ddim'])
+def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weights(sampler):
+  model = _randomized_digits_model()
+  plain = sampling.Sampler(model, sampler=sampler, steps=10)
+  frozen = sampling.Sampler(model, sampler=sampler, steps=10, constant_weights=True)
+  a, b = plain(3, 7), frozen(3, 7)
+  assert np.abs(a).max() > 0
+  np.testing.assert_array_equal(a, b)
+  # The compiled loop holds no variable reads of the network, only of the noise generator.
+  graph = frozen._frozen[3].graph.as_graph_def()
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  reads = [n for n in nodes if n.op == 'ReadVariableOp']
+  assert len(reads) <= 2, [n.name for n in reads]
+  # The weights are those of the first batch: a later update is not seen by this Sampler
+  # (hence generate_samples makes a fresh one per call), but is by a new one.
+  v = model.net.trainable_variables[0]
+  v.assign(v + 0.5)
+  np.testing.assert_array_equal(frozen(3, 7), b)
+  fresh = sampling.Sampler(model, sampler=sampler, steps=10, constant_weights=True)
+  np.testing.assert_array_equal(fresh(3, 7), plain(3, 7))
+  assert np.abs(fresh(3, 7) - b).max() > 1e-4
+
+
+def test_read_weight_is_a_constant_only_when_traced_inside_the_context():
+  from diffusion_tf import nn
+  v = tf.Variable([1., 2.])
+
+  def op_types(fn):
+    return {op.type for op in fn.get_concrete_function().graph.get_operations()}
+
+  f = lambda: nn.read_weight(v, tf.float32) * 2.
+  with nn.constant_weights():
+    frozen = tf.function(f)
+    assert 'ReadVariableOp' not in op_types(frozen)
+    assert nn.read_weight(v, tf.float32).numpy().tolist() == [1., 2.]  # eager: a plain read
+  assert 'ReadVariableOp' in op_types(tf.function(f))
+  v.assign([3., 4.])
+  np.testing.assert_array_equal(frozen(), [2., 4.])  # traced inside: the value at trace time
+  np.testing.assert_array_equal(tf.function(f)(), [6., 8.])

@@ -78,8 +78,9 @@ class AttnBlock(tf.Module):
     # separate: q/W, k/W, v/W in checkpoints). The 1/sqrt(C) of the logits is folded
     # into the q kernel and bias (a [C, C] multiply instead of a [B, HW, HW] one).
     scale = int(C) ** (-0.5)
-    w_qkv = tf.concat([self.q.W * scale, self.k.W, self.v.W], axis=1)
-    b_qkv = tf.concat([self.q.b * scale, self.k.b, self.v.b], axis=0)
+    read = lambda v: nn.read_weight(v, tf.float32)
+    w_qkv = tf.concat([read(self.q.W) * scale, read(self.k.W), read(self.v.W)], axis=1)
+    b_qkv = tf.concat([read(self.q.b) * scale, read(self.k.b), read(self.v.b)], axis=0)
     qkv = nn.conv2d_1x1(h, w_qkv, b_qkv)  # [B, H, W, 3C]
     q, k, v = (tf.reshape(z, [-1, H * W, C]) for z in tf.split(qkv, 3, axis=-1))
     # w[b, i, j] = <q_i, k_j> / sqrt(C), softmax over all key positions j (in float32).
