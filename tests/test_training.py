@@ -271,15 +271,18 @@ _MIRRORED_SCRIPT = textwrap.dedent('''
     def input_fn(params):
       return tf.data.Dataset.from_tensor_slices({'image': images, 'label': np.zeros(64, np.int32)}).repeat().batch(
           params['batch_size'], drop_remainder=True)
-    strategy = (tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']) if sys.argv[1] == 'mirrored'
-                else tf.distribute.get_strategy())
+    # 'multiworker': run_training resolves the strategy itself from TF_CONFIG (set by the test).
+    strategy = {'mirrored': lambda: tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
+                'default': tf.distribute.get_strategy, 'multiworker': lambda: None}[sys.argv[1]]()
     losses = []
     state = tpu_utils.run_training(model_constructor=DeterministicModel, train_input_fn=input_fn, total_bs=8,
         optimizer='adam', lr=1e-3, warmup=1, grad_clip=1., log_dir=sys.argv[2], exp_name=sys.argv[1],
         max_steps=3, strategy=strategy, log_fn=lambda s: losses.append(s))
-    np.savez(sys.argv[3], **{v.name: v.numpy() for v in state.variables},
-             **{'ema/' + s.name: s.numpy() for s in state.ema_shadows})
-    print('REPLICAS', strategy.num_replicas_in_sync)
+    local = lambda v: v.values[0] if hasattr(v, 'values') else v
+    np.savez(sys.argv[3], **{v.name: local(v).numpy() for v in state.variables},
+             **{'ema/' + s.name: local(s).numpy() for s in state.ema_shadows})
+    print('REPLICAS', state.strategy.num_replicas_in_sync,
+          'multi-worker' if isinstance(state.strategy, tf.distribute.MultiWorkerMirroredStrategy) else '')
 ''')
 
 
@@ -304,6 +307,53 @@ def test_mirrored_strategy_matches_default_strategy(tmp_path):
     np.testing.assert_allclose(results['mirrored'][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     moved += name.endswith('conv1/W:0')
   assert moved > 0
+
+
+def _free_port():
+  import socket
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    return sock.getsockname()[1]
+
+
+def test_multi_worker_training_from_tf_config_matches_one_process(tmp_path):
+  """Two worker processes (the multi-host path) from TF_CONFIG: MultiWorkerMirroredStrategy,
+  each worker feeding its shard of the global batch, give the one-process result; only the
+  chief writes checkpoints."""
+  script = tmp_path / 'train.py'
+  script.write_text(_MIRRORED_SCRIPT)
+  ref = tmp_path / 'default.npz'
+  proc = _run([sys.executable, str(script), 'default', str(tmp_path / 'ref_logs'), str(ref)], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cluster = {'worker': [f'localhost:{_free_port()}', f'localhost:{_free_port()}']}
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+               TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, str(script), 'multiworker', str(tmp_path / 'logs'), str(tmp_path / f'w{i}.npz')],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=300))
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert 'REPLICAS 2 multi-worker' in out
+  expected = dict(np.load(ref))
+  for i in range(2):
+    got = dict(np.load(tmp_path / f'w{i}.npz'))
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+      np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-6, err_msg=f'worker {i}: {name}')
+  model_dir = tmp_path / 'logs' / time.strftime('%Y-%m-%d') / 'multiworker'
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith('model.ckpt-3')
+  assert not (model_dir / tpu_utils.LOCK_FILE).exists()
+  # The other worker kept its summaries out of the chief's directory.
+  assert tf.io.gfile.glob(str(model_dir / 'worker_tmp' / 'events.*'))
 
 
 # ----------------------------------------------------------------------------- the digits script

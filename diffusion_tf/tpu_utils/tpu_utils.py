@@ -456,7 +456,8 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
 
   Steps run ``strategy.run`` inside one `tf.function` call of at most
   ``iterations_per_loop`` steps, sized to take about ``max_seconds_per_loop`` so that
-  signals and checkpoint intervals are honoured promptly. Returns the `TrainState`.
+  signals and checkpoint intervals are honoured promptly. Returns the `TrainState` (with
+  ``model_dir`` and ``strategy`` set).
   """
   if clip_mode not in CLIP_MODES:
     raise ValueError(f'clip_mode={clip_mode!r}; expected one of {CLIP_MODES}')
@@ -626,7 +627,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
     writer.flush()
     log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
            f'model_dir: {model_dir}')
-    state.model_dir = model_dir
+    state.model_dir, state.strategy = model_dir, strategy
     state.stopped_by_signal = stop.signum
     return state
   finally:
