@@ -504,6 +504,19 @@ def test_bfloat16_training_keeps_float32_variables_and_finite_loss(tmp_path):
   assert int(reader.get_tensor('global_step')) == 3
 
 
+def test_float16_flag_trains_the_digits_model_with_loss_scaling(tmp_path):
+  proc = _run(_DIGITS + ['--log_dir', str(tmp_path), '--exp_name', 'f16', '--max_steps', '3',
+                         '--mixed_precision', 'float16', '--num_diffusion_timesteps', '50'], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The progress line reports the dynamic loss scale (the float16 path of run_training).
+  assert 'loss scale ' in proc.stdout and 'steps skipped' in proc.stdout, proc.stdout[-2000:]
+  model_dir, = tf.io.gfile.glob(str(tmp_path / '9999-99-99' / 'f16_digits_*_t50_*'))
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+  assert int(reader.get_tensor('global_step')) == 3
+  assert reader.get_variable_to_dtype_map()['model/conv_in/W'] == tf.float32
+  assert np.isfinite(reader.get_tensor('model/conv_in/W')).all()
+
+
 # ----------------------------------------------------------------------------- space-to-depth
 
 @pytest.mark.parametrize('var_type', ['fixedlarge', 'learned'])
