@@ -260,7 +260,8 @@ def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
       save_every_steps=kw.get('save_every_steps'), clip_mode=kw.get('clip_mode', 'global'),
       allow_kwargs_mismatch=kw.get('allow_kwargs_mismatch', False),
       # float16's narrow exponent range needs loss scaling; bfloat16 has float32's range.
-      loss_scale='dynamic' if kw.get('mixed_precision') == 'float16' else None)
+      loss_scale='dynamic' if kw.get('mixed_precision') == 'float16' else None,
+      seed=kw.get('seed'))
 
 
 # ----------------------------------------------------------------------------- sample command

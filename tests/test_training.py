@@ -517,6 +517,17 @@ def test_float16_flag_trains_the_digits_model_with_loss_scaling(tmp_path):
   assert np.isfinite(reader.get_tensor('model/conv_in/W')).all()
 
 
+def test_seed_makes_a_digits_run_reproducible(tmp_path):
+  kw = dict(runners.script_defaults(_script('run_digits').train), resolution=8, total_bs=8,
+            max_steps=3, num_diffusion_timesteps=50, num_sample_images=0, warmup=1)
+  def weights(log_dir, seed):
+    state = runners.train(dict(kw, log_dir=str(tmp_path / log_dir), seed=seed), iterations_per_loop=10)
+    return np.concatenate([v.numpy().ravel() for v in state.variables])
+  a, b, c = weights('a', 0), weights('b', 0), weights('c', 1)
+  np.testing.assert_array_equal(a, b)  # initial weights, data order, timesteps, noise
+  assert np.abs(a - c).max() > 1e-3
+
+
 # ----------------------------------------------------------------------------- space-to-depth
 
 @pytest.mark.parametrize('var_type', ['fixedlarge', 'learned'])

@@ -442,7 +442,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
                  dump_kwargs=None, date_str=None, iterations_per_loop=1000, keep_checkpoint_max=2,
                  max_steps=int(1e10), warm_start_from=None, save_checkpoints_secs=1600,
                  save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
-                 allow_kwargs_mismatch=False, loss_scale=None, max_seconds_per_loop=30.,
+                 allow_kwargs_mismatch=False, loss_scale=None, seed=None, max_seconds_per_loop=30.,
                  log_fn=utils.log):
   """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
 
@@ -452,7 +452,9 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   ``'per_replica'`` reproduces the original TPU behaviour (§9.6: each replica's gradient of
   loss/num_replicas is clipped at grad_clip/num_replicas before summing).
   ``loss_scale='dynamic'`` (for float16 compute) scales the loss, unscales the gradients and
-  skips overflowing steps (`DynamicLossScale`).
+  skips overflowing steps (`DynamicLossScale`). ``seed`` (default None: unseeded, as the
+  original) fixes the initial weights and, offset by the resumed step, the data order,
+  timesteps and noise.
 
   Steps run ``strategy.run`` inside one `tf.function` call of at most
   ``iterations_per_loop`` steps, sized to take about ``max_seconds_per_loop`` so that
@@ -480,6 +482,8 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
       _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch)
     log_fn(f'model_dir: {model_dir}')
 
+    if seed is not None:
+      tf.random.set_seed(seed)  # the initial weights
     with strategy.scope():
       model = model_constructor()
       state = TrainState(model, optimizer, ema_decay, loss_scale)
@@ -500,6 +504,10 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
       log_fn(f'Warm-started from {ckpt}' + (f' ({len(missing)} variables not in it kept their '
                                              f'initial values)' if missing else ''))
     saver = _Saver(state, model_dir, keep_checkpoint_max) if chief else None
+    if seed is not None:
+      # Data order, timesteps and noise: seeded by (seed, step), so a resumed run does not
+      # replay the stream it started with.
+      tf.random.set_seed(seed + int(state.global_step.numpy()))
 
     def dataset_fn(ctx):
       ds = train_input_fn({'batch_size': ctx.get_per_replica_batch_size(total_bs)})
