@@ -179,9 +179,12 @@ def ema_update(variables, shadows, decay):
 
   As ``ApplyGradientDescent(shadow, alpha=1 - decay, delta=shadow - var)``: the same
   arithmetic in two ops per variable instead of four (~10% of the optimizer's time)."""
-  alpha = 1. - decay  # a Python float stays float64 until the cast, as in the expression above
+  # 1 - decay before the cast: a Python float decay is subtracted in float64, as before.
+  alphas = {}  # dtype -> alpha, one cast per dtype rather than one per variable
   for v, s in zip(variables, shadows):
-    tf.raw_ops.ResourceApplyGradientDescent(var=s.handle, alpha=tf.cast(alpha, s.dtype), delta=s - v)
+    if s.dtype not in alphas:
+      alphas[s.dtype] = tf.cast(1. - decay, s.dtype)
+    tf.raw_ops.ResourceApplyGradientDescent(var=s.handle, alpha=alphas[s.dtype], delta=s - v)
 
 
 class DynamicLossScale:
