@@ -234,6 +234,10 @@ def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=Fal
     bench = Bench(_maybe_jit(ddim_loop, xla), (x,))
   else:
     raise ValueError(kind)
+  if xla:  # trace now, without the fused CPU kernels (XLA cannot compile a custom op)
+    from diffusion_tf import nn
+    with nn.fused_kernels(False):
+      bench.fn.get_concrete_function(*bench.args)
   return bench
 
 

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from diffusion_tf import ops
+
 DEFAULT_DTYPE = tf.float32
 
 
@@ -208,6 +210,34 @@ def _group_size(x, cg):
   return tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]), tf.float32) * cg
 
 
+_FUSED = threading.local()
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled):
+  """Whether `group_norm` calls made (or traced) inside use the fused CPU kernel.
+
+  By default they do when the kernel is available (see `diffusion_tf.ops`) and the
+  process has no GPU or TPU. Turn it off for functions compiled with XLA
+  (``jit_compile=True``), which cannot contain a custom kernel.
+  """
+  previous = getattr(_FUSED, 'enabled', True)
+  _FUSED.enabled = bool(enabled)
+  try:
+    yield
+  finally:
+    _FUSED.enabled = previous
+
+
+def _fused_group_norm_lib():
+  if not getattr(_FUSED, 'enabled', True):
+    return None
+  # The kernel is CPU-only: on a GPU/TPU machine the composition runs on the accelerator.
+  if tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'):
+    return None
+  return ops.group_norm_lib()
+
+
 def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
   """GroupNorm (+ optional fused swish) with a hand-written gradient.
 
@@ -224,6 +254,9 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
   backward runs ~3x faster on CPU than TF's autodiff of the composition, and only ``x``
   and [B, G] statistics stay alive for the backward pass (the normalised and activated
   tensors are recomputed), which lowers training memory.
+
+  On CPU the same forward and gradient run as one fused kernel each
+  (`diffusion_tf.ops`, ~2x faster than the composition; see `fused_kernels`).
   """
   rank = x.shape.rank
   if rank is None or rank < 2:
@@ -233,6 +266,22 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
     raise ValueError(f'group_norm: {C} channels are not divisible into {num_groups} groups')
   cg, in_dtype = C // num_groups, x.dtype
   spatial = list(range(1, rank - 1))
+  gamma = tf.convert_to_tensor(gamma, tf.float32)
+  beta = tf.convert_to_tensor(beta, tf.float32)
+  lib = _fused_group_norm_lib()
+  if lib is not None:
+    @tf.custom_gradient
+    def _gn_fused(x, gamma, beta):
+      y, mean, rstd = lib.diffusion_group_norm(x, gamma, beta, num_groups=num_groups,
+                                               epsilon=eps, swish=swish)
+
+      def grad(dout):
+        return lib.diffusion_group_norm_grad(dout, x, gamma, beta, mean, rstd,
+                                             num_groups=num_groups, swish=swish)
+
+      return y, grad
+
+    return _gn_fused(x, gamma, beta)
 
   @tf.custom_gradient
   def _gn(x, gamma, beta):
@@ -279,7 +328,7 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
 
     return tf.cast(y, in_dtype), grad
 
-  return _gn(x, tf.convert_to_tensor(gamma, tf.float32), tf.convert_to_tensor(beta, tf.float32))
+  return _gn(x, gamma, beta)
 
 
 class GroupNorm(tf.Module):

@@ -5,11 +5,13 @@ run in bf16 differs from float32 by ~1e-2 relative after ~100 layers; the tolera
 are stated with that in mind. float32 paths are compared tightly (float32 rounding only).
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import nn
+from diffusion_tf import nn, ops
 from diffusion_tf.models import unet
 
 SMALL = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
@@ -127,9 +129,20 @@ def _reference_group_norm(x, gamma, beta, groups=32, eps=1e-6, swish=False):
   return tf.nn.silu(y) if swish else y
 
 
+@pytest.fixture(params=['fused', 'composition'])
+def gn_path(request):
+  """Runs a test with nn.group_norm on the fused CPU kernel, then on the TF composition."""
+  fused = request.param == 'fused'
+  if fused and ops.group_norm_lib() is None:
+    pytest.skip('fused GroupNorm kernel unavailable (see test_fused_kernel_builds_and_is_used)')
+  with nn.fused_kernels(fused):
+    yield request.param
+
+
 @pytest.mark.parametrize('swish', [False, True])
-@pytest.mark.parametrize('shape', [(2, 5, 4, 64), (3, 8, 8, 96), (2, 6, 32), (4, 64)])
-def test_group_norm_fast_path_value_and_gradient(shape, swish):
+@pytest.mark.parametrize('shape', [(2, 5, 4, 64), (3, 8, 8, 96), (2, 6, 32), (4, 64),
+                                   (1, 64, 48, 32)])  # the last: many row chunks merged
+def test_group_norm_fast_path_value_and_gradient(shape, swish, gn_path):
   """Value and gradients (x, gamma, beta) of the hand-differentiated GroupNorm(+swish) vs
   TF's autodiff of the straightforward composition: both in float32, judged against the
   same composition in float64. The fast path may not be more than 3x further off than the
@@ -166,7 +179,7 @@ def test_group_norm_fast_path_value_and_gradient(shape, swish):
     np.testing.assert_allclose(g, f, rtol=1e-5, atol=1e-5 * np.abs(f).max())
 
 
-def test_group_norm_unknown_batch_and_spatial_dims():
+def test_group_norm_unknown_batch_and_spatial_dims(gn_path):
   gn = nn.GroupNorm(64, name='t_dyn/norm')
   f = tf.function(lambda x: gn(x, swish=True),
                   input_signature=[tf.TensorSpec([None, None, None, 64], tf.float32)])
@@ -175,7 +188,7 @@ def test_group_norm_unknown_batch_and_spatial_dims():
 
 
 @pytest.mark.parametrize('dtype', [tf.bfloat16, tf.float16])
-def test_group_norm_low_precision_input(dtype):
+def test_group_norm_low_precision_input(dtype, gn_path):
   rng = np.random.default_rng(5)
   x = tf.cast(rng.normal(size=(2, 8, 8, 64)) * 2 + 3, dtype)
   gamma = tf.constant(rng.uniform(0.5, 1.5, 64).astype(np.float32))
@@ -189,3 +202,61 @@ def test_group_norm_low_precision_input(dtype):
   ref = _reference_group_norm(tf.cast(x, tf.float32), gamma, beta, swish=True).numpy()
   eps = 2 ** -8 if dtype == tf.bfloat16 else 2 ** -11
   np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), ref, rtol=eps, atol=eps)
+
+
+def _op_types(fn, *args):
+  return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+
+@pytest.mark.skipif(shutil.which('g++') is None and shutil.which('c++') is None,
+                    reason='no C++ compiler on this machine')
+def test_fused_kernel_builds_and_is_used():
+  """With a compiler the kernel builds, and group_norm (value and gradient) runs on it;
+  fused_kernels(False) (what XLA-compiled code needs) gives the TF composition."""
+  assert ops.group_norm_lib() is not None
+  x = tf.zeros([2, 4, 4, 64])
+  g, b = tf.ones([64]), tf.zeros([64])
+
+  def value_and_grad(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = nn.group_norm(x, g, b, swish=True)
+    return y, tape.gradient(y, x)
+
+  types = _op_types(value_and_grad, x)
+  assert {'DiffusionGroupNorm', 'DiffusionGroupNormGrad'} <= types
+  with nn.fused_kernels(False):
+    types = _op_types(value_and_grad, x)
+  assert not {'DiffusionGroupNorm', 'DiffusionGroupNormGrad'} & types
+
+
+def test_fused_kernel_is_deterministic_and_accurate_with_a_large_offset():
+  """Partial sums are merged in a fixed order (same bits on every call, whatever the
+  thread timing) and the chunk merge keeps two-pass accuracy when |mean| >> std."""
+  if ops.group_norm_lib() is None:
+    pytest.skip('fused GroupNorm kernel unavailable')
+  rng = np.random.default_rng(3)
+  x = (1000. + rng.normal(size=(2, 64, 64, 32)) * 1e-2).astype(np.float32)
+  gamma, beta = tf.ones([32]), tf.zeros([32])
+  y1 = nn.group_norm(tf.constant(x), gamma, beta).numpy()
+  y2 = nn.group_norm(tf.constant(x), gamma, beta).numpy()
+  np.testing.assert_array_equal(y1, y2)
+  g = x.astype(np.float64).reshape(2, 64, 64, 32, 1)  # 32 groups of one channel
+  ref = ((g - g.mean((1, 2, 4), keepdims=True)) /
+         np.sqrt(g.var((1, 2, 4), keepdims=True) + 1e-6)).reshape(x.shape)
+  # float32 x has ~6e-5 absolute resolution at 1000, i.e. ~6e-3 of one std: the output can
+  # be no closer than that; a one-pass E[x^2] - E[x]^2 in float32 would be off by O(1).
+  np.testing.assert_allclose(y1, ref, atol=2e-2)
+
+
+def test_fused_kernel_off_by_environment_and_on_compile_failure(tmp_path, monkeypatch):
+  """DIFFUSION_TF_FUSED_OPS=0 switches the kernel off; a failing compiler gives one
+  warning that says what happened and the TF composition, never an error."""
+  monkeypatch.setenv(ops.ENV_SWITCH, '0')
+  assert ops._load() is None
+  monkeypatch.setenv(ops.ENV_SWITCH, '1')
+  monkeypatch.setenv(ops.ENV_CACHE, str(tmp_path))
+  monkeypatch.setenv('CXX', shutil.which('false') or '/bin/false')
+  with pytest.warns(UserWarning, match='fused GroupNorm CPU kernel is unavailable.*exited with'):
+    assert ops._load() is None
+  assert not list(tmp_path.rglob('*.so'))  # no half-written library left in the cache
