@@ -87,6 +87,7 @@ def _build(cxx):
   return target
 
 
+@tf.autograph.experimental.do_not_convert  # called while tracing; plain Python file checks
 def group_norm_lib():
   """The loaded op library (``diffusion_group_norm``, ``diffusion_group_norm_grad``) or None."""
   with _lock:
