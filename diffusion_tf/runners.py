@@ -224,7 +224,8 @@ def experiment_name(kw):
 
 def get_dataset_from_kwargs(kw):
   from .tpu_utils import datasets  # noqa: deferred: TFDS import is slow
-  extra = {k: kw[k] for k in ('resolution', 'folder', 'shuffle_buffer') if kw.get(k) is not None}
+  extra = {k: kw[k] for k in ('resolution', 'folder', 'shuffle_buffer', 'channels')
+           if kw.get(k) is not None}
   return datasets.get_dataset(kw['dataset'], tfds_data_dir=kw.get('tfds_data_dir'),
                               tfr_file=kw.get('tfr_file'), **extra)
 
@@ -331,13 +332,22 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
 # The bodies of the scripts' ``evaluation`` (FID / IS, `EvalWorker`) and ``simple_eval``
 # (bits/dim, progressive samples, `SimpleEvalWorker`) commands.
 
+# Options added after runs had been recorded, with the behaviour a kwargs.json written
+# before them had (a script default may differ: run_digits now defaults to channels=1).
+RECORDED_BEFORE_OPTION_EXISTED = {'channels': 3}
+
+
 def read_run_kwargs(run_dir, defaults=None):
-  """A run's kwargs.json over the script's ``defaults``. A directory without kwargs.json
+  """A run's kwargs.json over the script's ``defaults`` (and over
+  `RECORDED_BEFORE_OPTION_EXISTED` for options it predates). A directory without kwargs.json
   (e.g. an unpacked release folder such as ``diffusion_cifar10_model/``) gets the defaults,
   which are the released models' settings; with no defaults that is an error."""
   path = os.path.join(run_dir, 'kwargs.json')
   if tf.io.gfile.exists(path):
-    return dict(defaults or {}, **utils.read_json(path))
+    recorded = utils.read_json(path)
+    older = {k: v for k, v in RECORDED_BEFORE_OPTION_EXISTED.items()
+             if defaults and k in defaults and k not in recorded}
+    return dict(defaults or {}, **older, **recorded)
   if defaults is None:
     raise FileNotFoundError(f'{path} not found: --model_dir must be a training run directory '
                             f'(holding kwargs.json and the model.ckpt-* files)')

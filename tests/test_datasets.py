@@ -272,6 +272,21 @@ def test_load_digits_array():
   assert datasets.load_digits_array(32)[0].max() > 0
 
 
+def test_digits_grey_channel_and_bad_channels():
+  """channels=1 (run_digits' default) is the grey level itself: the RGB array's channel 0."""
+  grey = datasets.load_digits_array(16, channels=1)
+  assert grey.shape == (1797, 16, 16, 1) and grey.dtype == np.uint8
+  np.testing.assert_array_equal(grey[..., 0], datasets.load_digits_array(16)[..., 0])
+  ds = datasets.get_dataset('digits', resolution=16, channels=1)
+  assert ds.image_shape == (16, 16, 1)
+  b = _batches(ds.train_one_pass_input_fn({'batch_size': 100}), n=1)[0]
+  assert b['image'].shape == (100, 16, 16, 1) and b['image'].dtype == np.int32
+  np.testing.assert_array_equal(b['image'], grey[:100].astype(np.int32))
+  for bad in (2, 4, 0):
+    with pytest.raises(ValueError, match='channels must be 1 .grey. or 3'):
+      datasets.get_dataset('digits', resolution=16, channels=bad)
+
+
 def test_digits_dataset():
   ds = datasets.get_dataset('digits', resolution=16)
   assert ds.image_shape == (16, 16, 3) and ds.num_classes == 1

@@ -147,6 +147,14 @@ def test_preprocess_ints_single_images_and_not_half_pixel():
   assert np.abs(tf2 - got).max() > 0.05
 
 
+def test_preprocess_grey_images_as_rgb():
+  """Grey images (e.g. the built-in digits, C = 1) go to the network as three equal channels."""
+  x = _images(2, size=6)[..., :1]
+  got = inception.preprocess_image(x).numpy()
+  assert got.shape == (2, 299, 299, 3)
+  np.testing.assert_array_equal(got, inception.preprocess_image(np.repeat(x, 3, -1)).numpy())
+
+
 # ----------------------------------------------------------------------------- load and run
 
 def test_load_and_run_matches_numpy(graph_files, extractor):

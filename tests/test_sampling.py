@@ -146,7 +146,7 @@ def _run(args):
 def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
   import scripts.run_digits as run_digits
   kw = runners.script_defaults(run_digits.train)
-  model = runners.make_model(kw, (16, 16, 3))
+  model = runners.make_model(kw, (16, 16, kw['channels']))  # grey: the script's default
   prefix, ema = _write_original_layout_checkpoint(str(tmp_path / 'release' / 'model.ckpt'), model.net, 790)
   out = str(tmp_path / 'out' / 'grid')
   proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '6',
@@ -155,7 +155,7 @@ def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
   assert 'EMA weights' in proc.stdout and 'step 790' in proc.stdout
   assert '/6 samples' in proc.stdout and 'recognisable digits' in proc.stdout  # the digit check
   samples = np.load(out + '.npz')['samples']
-  assert samples.shape == (6, 16, 16, 3) and samples.dtype == np.uint8
+  assert samples.shape == (6, 16, 16, 1) and samples.dtype == np.uint8
   assert len({s.tobytes() for s in samples}) == 6
   assert Image.open(out + '.png').size[0] > 16
   # Never silently overwritten.
@@ -169,7 +169,7 @@ def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
 def test_sample_uses_ema_by_default_and_raw_on_request(tmp_path):
   import scripts.run_digits as run_digits
   kw = runners.script_defaults(run_digits.train)
-  model = runners.make_model(kw, (16, 16, 3))
+  model = runners.make_model(kw, (16, 16, kw['channels']))
   prefix, ema = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), model.net, 5)
   for use_ema in (True, False):
     loaded, _, _, step = runners.load_model_for_sampling(run_digits.train, ckpt=prefix, ema=use_ema)
@@ -269,3 +269,24 @@ def test_read_weight_is_a_constant_only_when_traced_inside_the_context():
   v.assign([3., 4.])
   np.testing.assert_array_equal(frozen(), [2., 4.])  # traced inside: the value at trace time
   np.testing.assert_array_equal(tf.function(f)(), [6., 8.])
+
+
+def test_runs_recorded_before_the_channels_option_read_as_rgb(tmp_path):
+  """run_digits defaults to grey (channels=1) now; a kwargs.json written before the option
+  existed describes an RGB model and must keep loading as one (sample / evaluation)."""
+  import json
+  import scripts.run_digits as run_digits
+  defaults = runners.script_defaults(run_digits.train)
+  assert defaults['channels'] == 1
+  old, new = tmp_path / 'old', tmp_path / 'new'
+  old.mkdir()
+  new.mkdir()
+  (old / 'kwargs.json').write_text(json.dumps({'dataset': 'digits', 'resolution': 16}))
+  (new / 'kwargs.json').write_text(json.dumps({'dataset': 'digits', 'channels': 1}))
+  assert runners.read_run_kwargs(str(old), defaults)['channels'] == 3
+  assert runners.read_run_kwargs(str(new), defaults)['channels'] == 1
+  assert runners.read_run_kwargs(str(tmp_path), defaults)['channels'] == 1  # no kwargs.json
+  assert runners.get_dataset_from_kwargs(runners.read_run_kwargs(str(old), defaults)).image_shape == (16, 16, 3)
+  # Scripts without the option (the paper's data sets) are unaffected.
+  import scripts.run_cifar as run_cifar
+  assert 'channels' not in runners.read_run_kwargs(str(old), runners.script_defaults(run_cifar.train))

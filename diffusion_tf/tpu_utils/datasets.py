@@ -282,39 +282,45 @@ DIGITS_NUM_EVAL = 180  # the last 10%
 
 
 @functools.lru_cache(maxsize=4)
-def _digits_array(resolution):
+def _digits_array(resolution, channels):
   from sklearn.datasets import load_digits  # local import: only this dataset needs sklearn
   x = load_digits().images.astype(np.float32) * (255. / 16.)  # [N, 8, 8], 0..16 -> 0..255
   # Bicubic keeps the upsampled strokes smooth; it overshoots slightly, hence the clip.
   x = tf.image.resize(x[..., None], [resolution, resolution], method='bicubic').numpy()
   x = np.clip(np.round(x), 0, 255).astype(np.uint8)
-  x = np.repeat(x, 3, axis=-1)
+  x = np.repeat(x, channels, axis=-1)
   x.setflags(write=False)
   return x
 
 
-def load_digits_array(resolution=32):
-  """The scikit-learn digits as uint8 [1797, resolution, resolution, 3] (three equal channels)."""
+def load_digits_array(resolution=32, channels=3):
+  """The scikit-learn digits as uint8 [1797, resolution, resolution, channels]: grey (1) or
+  three equal channels (3)."""
   resolution = int(resolution)
   if resolution < 8:
     raise ValueError(f'digits resolution must be >= 8, got {resolution}')
-  return _digits_array(resolution).copy()
+  if channels not in (1, 3):
+    raise ValueError(f'digits channels must be 1 (grey) or 3 (RGB, three equal channels), '
+                     f'got {channels!r}')
+  return _digits_array(resolution, int(channels)).copy()
 
 
 class DigitsDataset:
-  """scikit-learn's 1797 8x8 digits, upsampled (bicubic) to `resolution` and replicated to RGB.
+  """scikit-learn's 1797 8x8 digits, upsampled (bicubic) to `resolution`, grey (`channels` 1)
+  or replicated to RGB (`channels` 3, the default).
 
   Train split: all 1797 images. Eval split: the last 180 images (10%), which are ALSO in the
   train split, so eval numbers on it are not held-out numbers; it exists so eval code paths
-  (bpd_eval, test FID) can be exercised. Yields int32 [B, res, res, 3] in [0, 255], label 0.
+  (bpd_eval, test FID) can be exercised. Yields int32 [B, res, res, channels] in [0, 255],
+  label 0.
   """
 
-  def __init__(self, resolution=32, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+  def __init__(self, resolution=32, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, channels=3):
     self.resolution = int(resolution)
-    self.image_shape = (self.resolution, self.resolution, 3)
+    self._images = load_digits_array(self.resolution, channels)
+    self.image_shape = (self.resolution, self.resolution, int(channels))
     self.num_classes = 1
     self.shuffle_buffer = shuffle_buffer
-    self._images = load_digits_array(self.resolution)
     self.num_train_examples = len(self._images)
     self.num_eval_examples = DIGITS_NUM_EVAL
 
@@ -353,7 +359,7 @@ DATASETS = {
 
 def get_dataset(name, *, tfds_data_dir=None, tfr_file=None, seed=547, **kwargs):
   """Instantiates a data set. Extra kwargs go to the constructor (e.g. `shuffle_buffer`,
-  `max_images` for lsun, `folder`/`resolution` for folder, `resolution` for digits).
+  `max_images` for lsun, `folder`/`resolution` for folder, `resolution`/`channels` for digits).
 
   `seed` is accepted and ignored, as in the original (where it was dead code).
   """

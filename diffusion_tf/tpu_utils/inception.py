@@ -333,7 +333,8 @@ def preprocess_image(images, height=INCEPTION_DEFAULT_IMAGE_SIZE, width=INCEPTIO
   """tfgan's ``preprocess_image``: [B, H, W, C] (or [H, W, C]) in [0, 255] -> float32 in ~[-1, 1].
 
   Ints are cast to float32; TF1 legacy bilinear resize (``align_corners=False``, no
-  half-pixel centres) to ``height x width``; then ``(x - 128) / 128``.
+  half-pixel centres) to ``height x width``; then ``(x - 128) / 128``. Grey images (C = 1)
+  are repeated to three channels first, as the network expects RGB.
   """
   images = tf.convert_to_tensor(images)
   is_single = images.shape.rank == 3
@@ -341,6 +342,8 @@ def preprocess_image(images, height=INCEPTION_DEFAULT_IMAGE_SIZE, width=INCEPTIO
     images = tf.cast(images, tf.float32)
   if is_single:
     images = images[None]
+  if images.shape[-1] == 1:
+    images = tf.tile(images, [1, 1, 1, 3])
   resized = tf.raw_ops.ResizeBilinear(images=images, size=tf.constant([height, width], tf.int32),
                                       align_corners=False, half_pixel_centers=False)
   resized = (resized - 128.0) / 128.0
