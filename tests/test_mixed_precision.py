@@ -260,3 +260,23 @@ def test_fused_kernel_off_by_environment_and_on_compile_failure(tmp_path, monkey
   with pytest.warns(UserWarning, match='fused GroupNorm CPU kernel is unavailable.*exited with'):
     assert ops._load() is None
   assert not list(tmp_path.rglob('*.so'))  # no half-written library left in the cache
+
+
+@pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler on this machine')
+def test_fused_kernel_builds_from_an_empty_cache(tmp_path, monkeypatch):
+  """A fresh machine: the kernel compiles into the cache once (atomically, nothing else left
+  there), the next load reuses the file, and an unwritable cache falls back to the temp dir."""
+  monkeypatch.setenv(ops.ENV_CACHE, str(tmp_path / 'cache'))
+  monkeypatch.delenv('CXX', raising=False)
+  assert ops._load() is not None
+  built = list((tmp_path / 'cache').rglob('*'))
+  libs = [p for p in built if p.is_file()]
+  assert len(libs) == 1 and libs[0].name.startswith('group_norm_') and libs[0].suffix == '.so'
+  mtime = libs[0].stat().st_mtime_ns
+  assert ops._load() is not None and libs[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+  blocker = tmp_path / 'not_a_dir'
+  blocker.write_text('')
+  monkeypatch.setenv(ops.ENV_CACHE, str(blocker))  # mkdir under a file fails
+  monkeypatch.setattr(ops.tempfile, 'gettempdir', lambda: str(tmp_path / 'tmp'))
+  assert ops._load() is not None
+  assert list((tmp_path / 'tmp').rglob('group_norm_*.so'))

@@ -3,7 +3,7 @@
 `group_norm_op.cc` fuses GroupNorm (+ swish) into one forward and one backward kernel.
 It is built on first use against the installed TensorFlow's headers
 (``tf.sysconfig``), cached under ``$DIFFUSION_TF_CACHE`` (default
-``~/.cache/diffusion_tf``) in a file named by a hash of the source, the TF version and
+``~/.cache/diffusion_tf``; the temp directory if that is not writable) in a file named by a hash of the source, the TF version and
 the flags, and loaded with ``tf.load_op_library``. Anything that goes wrong (no
 compiler, a compile or load error) gives one warning and `group_norm_lib` returns
 None: callers then use the plain TensorFlow composition, which computes the same thing.
@@ -66,10 +66,19 @@ def _build(cxx):
   key.update(_SOURCE.read_bytes())
   key.update(' '.join(_compile_command(cxx, 'OUT')).encode())
   key.update(tf.__version__.encode())
-  target = cache_dir() / f'group_norm_{key.hexdigest()[:16]}.so'
+  name = f'group_norm_{key.hexdigest()[:16]}.so'
+  target = cache_dir() / name
   if target.exists():
     return target
-  target.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(target.parent, os.W_OK):
+      raise PermissionError(f'{target.parent} is not writable')
+  except OSError:  # e.g. a read-only home directory: build in the temp directory instead
+    target = Path(tempfile.gettempdir()) / f'diffusion_tf_ops_{os.getuid()}' / name
+    if target.exists():
+      return target
+    target.parent.mkdir(parents=True, exist_ok=True)
   logging.getLogger(__name__).warning(
       'diffusion_tf: compiling the fused GroupNorm CPU kernel into %s (once per machine, ~15 s)',
       target)
