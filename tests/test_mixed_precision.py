@@ -5,7 +5,10 @@ run in bf16 differs from float32 by ~1e-2 relative after ~100 layers; the tolera
 are stated with that in mind. float32 paths are compared tightly (float32 rounding only).
 """
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -262,21 +265,34 @@ def test_fused_kernel_off_by_environment_and_on_compile_failure(tmp_path, monkey
   assert not list(tmp_path.rglob('*.so'))  # no half-written library left in the cache
 
 
+_LOAD_KERNEL = ('from diffusion_tf import ops; lib = ops.group_norm_lib(); '
+                'print("LOADED" if lib is not None else "NOT LOADED")')
+
+
+def _load_in_subprocess(env):
+  # A fresh process each time: loading a second copy of the library into one process would
+  # register its kernels twice.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env)
+  env.pop('CXX', None)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, '-c', _LOAD_KERNEL], cwd=root, env=env,
+                        capture_output=True, text=True, timeout=600).stdout
+
+
 @pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler on this machine')
-def test_fused_kernel_builds_from_an_empty_cache(tmp_path, monkeypatch):
+def test_fused_kernel_builds_from_an_empty_cache(tmp_path):
   """A fresh machine: the kernel compiles into the cache once (atomically, nothing else left
-  there), the next load reuses the file, and an unwritable cache falls back to the temp dir."""
-  monkeypatch.setenv(ops.ENV_CACHE, str(tmp_path / 'cache'))
-  monkeypatch.delenv('CXX', raising=False)
-  assert ops._load() is not None
-  built = list((tmp_path / 'cache').rglob('*'))
-  libs = [p for p in built if p.is_file()]
+  there), the next process reuses the file, and an unwritable cache falls back to the temp dir."""
+  cache = tmp_path / 'cache'
+  assert 'LOADED' == _load_in_subprocess({ops.ENV_CACHE: str(cache)}).strip()
+  libs = [p for p in cache.rglob('*') if p.is_file()]
   assert len(libs) == 1 and libs[0].name.startswith('group_norm_') and libs[0].suffix == '.so'
   mtime = libs[0].stat().st_mtime_ns
-  assert ops._load() is not None and libs[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+  assert 'LOADED' == _load_in_subprocess({ops.ENV_CACHE: str(cache)}).strip()
+  assert libs[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
   blocker = tmp_path / 'not_a_dir'
-  blocker.write_text('')
-  monkeypatch.setenv(ops.ENV_CACHE, str(blocker))  # mkdir under a file fails
-  monkeypatch.setattr(ops.tempfile, 'gettempdir', lambda: str(tmp_path / 'tmp'))
-  assert ops._load() is not None
+  blocker.write_text('')  # a cache "directory" under a file cannot be created
+  (tmp_path / 'tmp').mkdir()
+  env = {ops.ENV_CACHE: str(blocker), 'TMPDIR': str(tmp_path / 'tmp')}
+  assert 'LOADED' == _load_in_subprocess(env).strip()
   assert list((tmp_path / 'tmp').rglob('group_norm_*.so'))
