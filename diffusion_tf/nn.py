@@ -72,7 +72,17 @@ def debug_print(x, name):
 
 # ----------------------------------------------------------------------------- weight reads
 
-_TRACING = threading.local()
+_SETTINGS = threading.local()  # per-thread switches that apply while a function is traced
+
+
+@contextlib.contextmanager
+def _setting(name, value):
+  previous = getattr(_SETTINGS, name, None)
+  setattr(_SETTINGS, name, value)
+  try:
+    yield
+  finally:
+    setattr(_SETTINGS, name, previous)
 
 
 @contextlib.contextmanager
@@ -86,17 +96,13 @@ def constant_weights():
   weights (a sampling run); a function traced here does not see later updates.
   Eager calls and functions traced outside the context are unaffected.
   """
-  previous = getattr(_TRACING, 'constant_weights', False)
-  _TRACING.constant_weights = True
-  try:
+  with _setting('constant_weights', True):
     yield
-  finally:
-    _TRACING.constant_weights = previous
 
 
 def read_weight(v, dtype):
   """Variable ``v`` as a ``dtype`` tensor: a read, or (see `constant_weights`) a constant."""
-  if (getattr(_TRACING, 'constant_weights', False) and not tf.executing_eagerly()
+  if (getattr(_SETTINGS, 'constant_weights', None) and not tf.executing_eagerly()
       and isinstance(v, tf.Variable)):
     with tf.init_scope():  # the value now, read eagerly even while tracing
       value = v.numpy()
@@ -210,9 +216,6 @@ def _group_size(x, cg):
   return tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]), tf.float32) * cg
 
 
-_FUSED = threading.local()
-
-
 @contextlib.contextmanager
 def fused_kernels(enabled):
   """Whether `group_norm` calls made (or traced) inside use the fused CPU kernel.
@@ -221,16 +224,12 @@ def fused_kernels(enabled):
   process has no GPU or TPU. Turn it off for functions compiled with XLA
   (``jit_compile=True``), which cannot contain a custom kernel.
   """
-  previous = getattr(_FUSED, 'enabled', True)
-  _FUSED.enabled = bool(enabled)
-  try:
+  with _setting('fused_kernels', bool(enabled)):
     yield
-  finally:
-    _FUSED.enabled = previous
 
 
 def _fused_group_norm_lib():
-  if not getattr(_FUSED, 'enabled', True):
+  if getattr(_SETTINGS, 'fused_kernels', None) is False:
     return None
   # The kernel is CPU-only: on a GPU/TPU machine the composition runs on the accelerator.
   if tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'):
