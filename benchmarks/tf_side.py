@@ -127,28 +127,42 @@ def _own_ema_update(variables, shadows, decay):
 
 
 def _training_pieces():
-  """The training loop's own Adam and EMA update (diffusion_tf.tpu_utils.tpu_utils) when
-  available, else equivalent local ones. Returns (Adam class, ema_update, source)."""
+  """The training loop's own update (diffusion_tf.tpu_utils.tpu_utils: global-norm clip,
+  Adam, EMA -- one fused CPU kernel where available) when importable, else equivalent
+  local ops. Returns (Adam class, update(optimizer, grads, variables, shadows), source)."""
   try:
     from diffusion_tf.tpu_utils import tpu_utils as tu
-    return tu.Adam, tu.ema_update, 'diffusion_tf.tpu_utils.tpu_utils.Adam/ema_update'
   except Exception:  # pragma: no cover
-    return _OwnAdam, _own_ema_update, 'benchmark-local ResourceApplyAdam/EMA'
+    tu = None
+  if tu is not None and hasattr(tu, 'apply_update'):
+    def update(opt, grads, variables, shadows):
+      scale = tu.clip_scale(tf.linalg.global_norm(grads), CLIP)
+      tu.apply_update(opt, grads, variables, shadows, LR, EMA_DECAY, scale)
+    return tu.Adam, update, 'diffusion_tf.tpu_utils.tpu_utils.apply_update'
+  adam_cls, ema_update = (tu.Adam, tu.ema_update) if tu is not None else (_OwnAdam, _own_ema_update)
+
+  def update(opt, grads, variables, shadows):  # older checkouts (A/B runs)
+    grads, _ = tf.clip_by_global_norm(grads, CLIP)
+    opt.apply(grads, variables, LR)
+    ema_update(variables, shadows, EMA_DECAY)
+  source = ('diffusion_tf.tpu_utils.tpu_utils.Adam/ema_update' if tu is not None
+            else 'benchmark-local ResourceApplyAdam/EMA')
+  return adam_cls, update, source
 
 
 class TrainState:
-  """Adam slots and EMA shadows, updated with raw ops exactly like the training loop."""
+  """Adam slots and EMA shadows, updated exactly like the training loop does."""
 
   def __init__(self, net):
-    adam_cls, self.ema_update, self.source = _training_pieces()
+    adam_cls, self._update, self.source = _training_pieces()
     self.vars = list(net.trainable_variables)
     with tf.init_scope():
       self.optimizer = adam_cls(self.vars)
       self.ema = [tf.Variable(v.read_value(), trainable=False) for v in self.vars]
 
   def apply(self, grads):
-    self.optimizer.apply(grads, self.vars, LR)
-    self.ema_update(self.vars, self.ema, EMA_DECAY)
+    """Global-norm clip at CLIP, Adam at LR, EMA at EMA_DECAY."""
+    self._update(self.optimizer, grads, self.vars, self.ema)
 
 
 def make_train_step(net, diffusion):
@@ -161,9 +175,7 @@ def make_train_step(net, diffusion):
   def update(x, t, noise):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(diffusion.training_losses(denoise_fn, x, t, noise=noise))
-    grads = tape.gradient(loss, state.vars)
-    grads, _ = tf.clip_by_global_norm(grads, CLIP)
-    state.apply(grads)
+    state.apply(tape.gradient(loss, state.vars))
     return loss
 
   @tf.function

@@ -218,23 +218,25 @@ def _group_size(x, cg):
 
 @contextlib.contextmanager
 def fused_kernels(enabled):
-  """Whether `group_norm` calls made (or traced) inside use the fused CPU kernel.
+  """Whether `group_norm` and the training update (`tpu_utils.apply_update`) made or traced
+  inside use the fused CPU kernels.
 
-  By default they do when the kernel is available (see `diffusion_tf.ops`) and the
-  process has no GPU or TPU. Turn it off for functions compiled with XLA
+  By default they do when the kernels are available (see `diffusion_tf.ops`) and the
+  process has no GPU or TPU. Turn them off for functions compiled with XLA
   (``jit_compile=True``), which cannot contain a custom kernel.
   """
   with _setting('fused_kernels', bool(enabled)):
     yield
 
 
-def _fused_group_norm_lib():
+def fused_kernels_lib():
+  """The fused CPU kernels (`diffusion_tf.ops.fused_lib`) if they apply here, else None."""
   if getattr(_SETTINGS, 'fused_kernels', None) is False:
     return None
-  # The kernel is CPU-only: on a GPU/TPU machine the composition runs on the accelerator.
+  # The kernels are CPU-only: on a GPU/TPU machine the TF ops run on the accelerator.
   if tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'):
     return None
-  return ops.group_norm_lib()
+  return ops.fused_lib()
 
 
 def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
@@ -267,7 +269,7 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
   spatial = list(range(1, rank - 1))
   gamma = tf.convert_to_tensor(gamma, tf.float32)
   beta = tf.convert_to_tensor(beta, tf.float32)
-  lib = _fused_group_norm_lib()
+  lib = fused_kernels_lib()
   if lib is not None:
     @tf.custom_gradient
     def _gn_fused(x, gamma, beta):

@@ -255,14 +255,14 @@ def train(kw, *, iterations_per_loop, warm_start_model_dir=None):
       ema_decay=kw.get('ema_decay', 0.9999), tpu=kw.get('tpu_name'),
       log_dir=kw['log_dir'], exp_name=experiment_name(kw), dump_kwargs=kw, date_str='9999-99-99',
       iterations_per_loop=iterations_per_loop, keep_checkpoint_max=kw.get('keep_checkpoint_max', 2),
-      max_steps=kw.get('max_steps') or int(1e10),
+      max_steps=kw.get('max_steps') or tpu_utils.UNBOUNDED_STEPS,
       warm_start_from=warm_start_model_dir,
       save_checkpoints_secs=kw.get('save_checkpoints_secs', 1600),
       save_every_steps=kw.get('save_every_steps'), clip_mode=kw.get('clip_mode', 'global'),
       allow_kwargs_mismatch=kw.get('allow_kwargs_mismatch', False),
       # float16's narrow exponent range needs loss scaling; bfloat16 has float32's range.
       loss_scale='dynamic' if kw.get('mixed_precision') == 'float16' else None,
-      seed=kw.get('seed'))
+      seed=kw.get('seed'), lr_schedule=kw.get('lr_schedule', 'constant'))
 
 
 # ----------------------------------------------------------------------------- sample command
@@ -332,22 +332,15 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
 # The bodies of the scripts' ``evaluation`` (FID / IS, `EvalWorker`) and ``simple_eval``
 # (bits/dim, progressive samples, `SimpleEvalWorker`) commands.
 
-# Options added after runs had been recorded, with the behaviour a kwargs.json written
-# before them had (a script default may differ: run_digits now defaults to channels=1).
-RECORDED_BEFORE_OPTION_EXISTED = {'channels': 3}
-
-
 def read_run_kwargs(run_dir, defaults=None):
   """A run's kwargs.json over the script's ``defaults`` (and over
-  `RECORDED_BEFORE_OPTION_EXISTED` for options it predates). A directory without kwargs.json
+  `tpu_utils.RECORDED_BEFORE_OPTION_EXISTED` for options it predates). A directory without kwargs.json
   (e.g. an unpacked release folder such as ``diffusion_cifar10_model/``) gets the defaults,
   which are the released models' settings; with no defaults that is an error."""
   path = os.path.join(run_dir, 'kwargs.json')
   if tf.io.gfile.exists(path):
-    recorded = utils.read_json(path)
-    older = {k: v for k, v in RECORDED_BEFORE_OPTION_EXISTED.items()
-             if defaults and k in defaults and k not in recorded}
-    return dict(defaults or {}, **older, **recorded)
+    recorded = tpu_utils.with_older_defaults(utils.read_json(path), defaults or {})
+    return dict(defaults or {}, **recorded)
   if defaults is None:
     raise FileNotFoundError(f'{path} not found: --model_dir must be a training run directory '
                             f'(holding kwargs.json and the model.ckpt-* files)')

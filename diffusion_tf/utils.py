@@ -175,6 +175,33 @@ def get_warmed_up_lr(max_lr, warmup, global_step):
   return max_lr * tf.minimum(tf.cast(global_step, tf.float32) / float(warmup), 1.0)
 
 
+# 'constant' is the original's schedule; 'linear' (not in the original) also anneals the rate
+# to 0 at the last step, which gives short runs cleaner samples.
+LR_SCHEDULES = ('constant', 'linear')
+
+
+def check_lr_schedule(schedule, total_steps):
+  """Raises ValueError unless `get_lr` can follow ``schedule`` (plain Python: no TF op, so it
+  can run before a distribution strategy is set up)."""
+  if schedule not in LR_SCHEDULES:
+    raise ValueError(f'lr_schedule={schedule!r}; expected one of {LR_SCHEDULES}')
+  if schedule == 'linear' and not total_steps:
+    raise ValueError("lr_schedule='linear' decays the rate to 0 at max_steps: set max_steps")
+
+
+def get_lr(max_lr, warmup, global_step, schedule='constant', total_steps=None):
+  """The learning rate at ``global_step``: `get_warmed_up_lr`, then for ``schedule='linear'``
+  times (total_steps - step) / (total_steps - warmup), reaching 0 at ``total_steps`` (a run
+  that ends within the warmup has no decay phase)."""
+  check_lr_schedule(schedule, total_steps)
+  lr = get_warmed_up_lr(max_lr, warmup, global_step)
+  if schedule == 'constant':
+    return lr
+  decay_steps = float(max(total_steps - warmup, 1))
+  remaining = (float(total_steps) - tf.cast(global_step, tf.float32)) / decay_steps
+  return lr * tf.clip_by_value(remaining, 0., 1.)
+
+
 # ----------------------------------------------------------------------------- GCS paths
 
 REGION_ENV_VARS = ('DIFFUSION_TF_REGION', 'GCP_REGION', 'CLOUDSDK_COMPUTE_REGION')

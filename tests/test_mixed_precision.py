@@ -136,7 +136,7 @@ def _reference_group_norm(x, gamma, beta, groups=32, eps=1e-6, swish=False):
 def gn_path(request):
   """Runs a test with nn.group_norm on the fused CPU kernel, then on the TF composition."""
   fused = request.param == 'fused'
-  if fused and ops.group_norm_lib() is None:
+  if fused and ops.fused_lib() is None:
     pytest.skip('fused GroupNorm kernel unavailable (see test_fused_kernel_builds_and_is_used)')
   with nn.fused_kernels(fused):
     yield request.param
@@ -216,7 +216,7 @@ def _op_types(fn, *args):
 def test_fused_kernel_builds_and_is_used():
   """With a compiler the kernel builds, and group_norm (value and gradient) runs on it;
   fused_kernels(False) (what XLA-compiled code needs) gives the TF composition."""
-  assert ops.group_norm_lib() is not None
+  assert ops.fused_lib() is not None
   x = tf.zeros([2, 4, 4, 64])
   g, b = tf.ones([64]), tf.zeros([64])
 
@@ -236,7 +236,7 @@ def test_fused_kernel_builds_and_is_used():
 def test_fused_kernel_is_deterministic_and_accurate_with_a_large_offset():
   """Partial sums are merged in a fixed order (same bits on every call, whatever the
   thread timing) and the chunk merge keeps two-pass accuracy when |mean| >> std."""
-  if ops.group_norm_lib() is None:
+  if ops.fused_lib() is None:
     pytest.skip('fused GroupNorm kernel unavailable')
   rng = np.random.default_rng(3)
   x = (1000. + rng.normal(size=(2, 64, 64, 32)) * 1e-2).astype(np.float32)
@@ -260,12 +260,12 @@ def test_fused_kernel_off_by_environment_and_on_compile_failure(tmp_path, monkey
   monkeypatch.setenv(ops.ENV_SWITCH, '1')
   monkeypatch.setenv(ops.ENV_CACHE, str(tmp_path))
   monkeypatch.setenv('CXX', shutil.which('false') or '/bin/false')
-  with pytest.warns(UserWarning, match='fused GroupNorm CPU kernel is unavailable.*exited with'):
+  with pytest.warns(UserWarning, match='fused CPU kernels are unavailable.*exited with'):
     assert ops._load() is None
   assert not list(tmp_path.rglob('*.so'))  # no half-written library left in the cache
 
 
-_LOAD_KERNEL = ('from diffusion_tf import ops; lib = ops.group_norm_lib(); '
+_LOAD_KERNEL = ('from diffusion_tf import ops; lib = ops.fused_lib(); '
                 'print("LOADED" if lib is not None else "NOT LOADED")')
 
 
@@ -286,7 +286,7 @@ def test_fused_kernel_builds_from_an_empty_cache(tmp_path):
   cache = tmp_path / 'cache'
   assert 'LOADED' == _load_in_subprocess({ops.ENV_CACHE: str(cache)}).strip()
   libs = [p for p in cache.rglob('*') if p.is_file()]
-  assert len(libs) == 1 and libs[0].name.startswith('group_norm_') and libs[0].suffix == '.so'
+  assert len(libs) == 1 and libs[0].name.startswith('kernels_') and libs[0].suffix == '.so'
   mtime = libs[0].stat().st_mtime_ns
   assert 'LOADED' == _load_in_subprocess({ops.ENV_CACHE: str(cache)}).strip()
   assert libs[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
@@ -295,4 +295,4 @@ def test_fused_kernel_builds_from_an_empty_cache(tmp_path):
   (tmp_path / 'tmp').mkdir()
   env = {ops.ENV_CACHE: str(blocker), 'TMPDIR': str(tmp_path / 'tmp')}
   assert 'LOADED' == _load_in_subprocess(env).strip()
-  assert list((tmp_path / 'tmp').rglob('group_norm_*.so'))
+  assert list((tmp_path / 'tmp').rglob('kernels_*.so'))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import checkpoints, runners
+from diffusion_tf import checkpoints, nn, ops, runners
 from diffusion_tf.tpu_utils import tpu_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +52,9 @@ def _input_fn(images):
   return input_fn
 
 
-def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0):
-  """TF1 AdamOptimizer + warmup + global-norm clipping + EMA, written out in NumPy."""
+def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0, lr_schedule='constant'):
+  """TF1 AdamOptimizer + warmup (+ linear decay to 0 at ``steps``) + global-norm clipping + EMA,
+  written out in NumPy."""
   w, m, v = np.array(w0, np.float64), np.zeros(3), np.zeros(3)
   shadow = w.copy()
   b1, b2, eps = 0.9, 0.999, 1e-8
@@ -65,6 +66,8 @@ def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0)
     norm = np.sqrt((grad ** 2).sum())
     grad = grad * min(1., grad_clip / norm)
     lr_t = lr * min(step / warmup, 1.)
+    if lr_schedule == 'linear':
+      lr_t *= min((steps - step) / (steps - warmup), 1.)
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * grad ** 2
     w = w - lr_t * np.sqrt(1 - b2p) / (1 - b1p) * m / (np.sqrt(v) + eps)
@@ -74,12 +77,14 @@ def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0)
   return w, shadow, m, v
 
 
-def test_optimizer_warmup_clipping_ema_match_hand_computation(tmp_path):
+@pytest.mark.parametrize('fused', [True, False], ids=['fused_update', 'tf_ops'])
+def test_optimizer_warmup_clipping_ema_match_hand_computation(tmp_path, fused):
   images = _images(64)
   kw = dict(lr=0.1, warmup=4, grad_clip=1.0, ema_decay=0.9)
-  state = tpu_utils.run_training(
-      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
-      log_dir=str(tmp_path), exp_name='tiny', max_steps=6, log_fn=lambda *_: None, **kw)
+  with nn.fused_kernels(fused):
+    state = tpu_utils.run_training(
+        model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
+        log_dir=str(tmp_path), exp_name='tiny', max_steps=6, log_fn=lambda *_: None, **kw)
   w, shadow, m, v = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
   # float32 training vs a float64 reference: clipped gradients have norm 1, so absolute
   # errors of ~1e-6 are float32 rounding; a wrong formula is off by orders of magnitude more.
@@ -96,6 +101,97 @@ def test_optimizer_warmup_clipping_ema_match_hand_computation(tmp_path):
                    'model/w/W/Adam_1', 'beta1_power', 'beta2_power', 'global_step'}
   np.testing.assert_allclose(reader.get_tensor('model/w/W/ExponentialMovingAverage'), shadow, rtol=2e-5)
   np.testing.assert_allclose(reader.get_tensor('beta1_power'), 0.9 ** 7, rtol=1e-5)
+
+
+def test_clip_scale_is_the_factor_of_clip_by_global_norm():
+  grads = [tf.constant([3., -4.]), tf.constant([[1e-3, 2.5], [7., -0.5]])]
+  for clip in (1.0, 0.5, 100.):
+    gnorm = tf.linalg.global_norm(grads)
+    expected, _ = tf.clip_by_global_norm(grads, clip, use_norm=gnorm)
+    scale = tpu_utils.clip_scale(gnorm, clip)
+    for g, e in zip(grads, expected):
+      np.testing.assert_array_equal((g * scale).numpy(), e.numpy())
+  assert np.isnan(tpu_utils.clip_scale(tf.constant(np.inf), 1.0).numpy())  # as TF: NaN, not 0
+
+
+def _update_state(shapes, seed):
+  rs = np.random.RandomState(seed)
+  variables = [tf.Variable(rs.randn(*s).astype(np.float32)) for s in shapes]
+  shadows = [tf.Variable(v * 0.9) for v in variables]
+  return variables, shadows, tpu_utils.Adam(variables)
+
+
+def test_fused_update_is_bit_identical_to_the_tf_kernels():
+  """The fused CPU kernel (clip factor + Adam + EMA, all variables in one op) against the TF
+  ops it replaces: same weights, slots, shadows and beta powers, bit for bit, over 5 steps;
+  sizes cover many work chunks and lengths that are not a multiple of the vector width."""
+  if nn.fused_kernels_lib() is None:
+    pytest.skip('fused CPU kernels unavailable (see test_fused_kernel_builds_and_is_used)')
+  shapes = [(3, 3, 64, 80), (257,), (1,), (33, 1000)]
+  rs = np.random.RandomState(1)
+  grad_steps = [[tf.constant(rs.randn(*s).astype(np.float32) * 10. ** rs.uniform(-4, 1))
+                 for s in shapes] for _ in range(5)]
+  results, op_types = [], []
+  for fused in (True, False):
+    variables, shadows, adam = _update_state(shapes, seed=0)
+    with nn.fused_kernels(fused):
+      @tf.function
+      def step(grads, lr, decay):
+        gnorm = tf.linalg.global_norm(grads)
+        tpu_utils.apply_update(adam, grads, variables, shadows, lr, decay,
+                               tpu_utils.clip_scale(gnorm, 1.0))
+      for i, grads in enumerate(grad_steps):
+        step(grads, tf.constant(1e-3 * (i + 1)), tf.constant(0.99 if i else 1e-10))
+      graph = step.get_concrete_function(grad_steps[0], tf.constant(1.), tf.constant(1.)).graph
+      op_types.append({op.type for op in graph.get_operations()})
+    results.append([t.numpy() for t in [*variables, *shadows, *adam.m, *adam.v,
+                                        adam.beta1_power, adam.beta2_power]])
+  assert 'DiffusionAdamEma' in op_types[0] and 'ResourceApplyAdam' not in op_types[0]
+  assert 'DiffusionAdamEma' not in op_types[1] and 'ResourceApplyAdam' in op_types[1]
+  for a, b in zip(*results):
+    np.testing.assert_array_equal(a, b)
+  assert np.abs(results[0][0] - _update_state(shapes, seed=0)[0][0].numpy()).max() > 1e-4  # it moved
+
+
+def test_update_with_rmsprop_uses_the_tf_kernels():
+  """Only Adam has a fused kernel; RMSProp runs TF's, with the clip factor and the EMA."""
+  variables, shadows, _ = _update_state([(5,)], seed=0)
+  opt = tpu_utils.RMSProp(variables)
+  before = variables[0].numpy()
+  fn = tf.function(lambda g: tpu_utils.apply_update(opt, [g], variables, shadows, 0.1, 0.5, 0.25))
+  graph = fn.get_concrete_function(tf.ones(5)).graph
+  types = {op.type for op in graph.get_operations()}
+  assert 'DiffusionAdamEma' not in types and 'ResourceApplyRMSProp' in types
+  fn(tf.ones(5) * 4.)  # scaled to 1: RMSProp's first step with ms=1 -> ms = .95 + .05 = 1
+  np.testing.assert_allclose(variables[0].numpy(), before - 0.1 / np.sqrt(1. + 1e-8), rtol=1e-6)
+  np.testing.assert_allclose(shadows[0].numpy(), 0.5 * before * 0.9 + 0.5 * variables[0].numpy(),
+                             rtol=1e-6)
+
+
+def test_linear_lr_schedule_matches_hand_computation(tmp_path):
+  images = _images(64)
+  kw = dict(lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9)
+  state = tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
+      log_dir=str(tmp_path), exp_name='tiny', max_steps=6, lr_schedule='linear',
+      log_fn=lambda *_: None, **kw)
+  w, shadow, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], lr_schedule='linear', **kw)
+  const_w, _, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
+  np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
+  assert np.abs(w - const_w).max() > 1e-2  # the schedule changed the trajectory measurably
+
+
+def test_linear_lr_schedule_needs_max_steps_and_fails_before_any_work(tmp_path):
+  common = dict(model_constructor=TinyModel, train_input_fn=_input_fn(_images(8)), total_bs=8,
+                optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, log_dir=str(tmp_path),
+                exp_name='bad', log_fn=lambda *_: None)
+  with pytest.raises(ValueError, match='max_steps'):
+    tpu_utils.run_training(lr_schedule='linear', **common)
+  with pytest.raises(ValueError, match=r"lr_schedule='cosine'; expected one of"):
+    tpu_utils.run_training(lr_schedule='cosine', max_steps=4, **common)
+  assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_step_zero_has_zero_lr_and_ema_copies(tmp_path):
@@ -225,6 +321,22 @@ def test_kwargs_conflict_is_refused_unless_allowed(tmp_path):
   assert json.load(open(os.path.join(model_dir, 'kwargs.json')))['lr'] == 0.2
   backups = [f for f in os.listdir(model_dir) if f.startswith('kwargs.json.') and f.endswith('.bak')]
   assert backups and any(json.load(open(os.path.join(model_dir, b)))['lr'] == 0.1 for b in backups)
+
+
+def test_run_recorded_before_an_option_existed_resumes_with_the_old_behaviour(tmp_path):
+  """A kwargs.json without channels / lr_schedule was written when they were RGB / constant:
+  resuming with those values is accepted, with the new defaults it is refused."""
+  common = dict(model_constructor=TinyModel, train_input_fn=_input_fn(_images(16)), total_bs=8,
+                optimizer='adam', lr=0.1, warmup=1, grad_clip=1.0, log_dir=str(tmp_path),
+                exp_name='old', log_fn=lambda *_: None)
+  tpu_utils.run_training(dump_kwargs={'lr': 0.1}, max_steps=1, **common)  # an "old" record
+  tpu_utils.run_training(dump_kwargs={'lr': 0.1, 'channels': 3, 'lr_schedule': 'constant'},
+                         max_steps=2, **common)
+  with pytest.raises(tpu_utils.KwargsMismatchError, match="channels: existing 3, now 1"):
+    tpu_utils.run_training(dump_kwargs={'lr': 0.1, 'channels': 1}, max_steps=3, **common)
+  with pytest.raises(tpu_utils.KwargsMismatchError, match="lr_schedule: existing 'constant'"):
+    tpu_utils.run_training(dump_kwargs={'lr': 0.1, 'lr_schedule': 'linear'}, max_steps=3,
+                           lr_schedule='linear', **common)
 
 
 def test_resume_continues_from_latest_checkpoint(tmp_path):
@@ -522,6 +634,8 @@ def test_seed_makes_a_digits_run_reproducible(tmp_path):
             max_steps=3, num_diffusion_timesteps=50, num_sample_images=0, warmup=1)
   def weights(log_dir, seed):
     state = runners.train(dict(kw, log_dir=str(tmp_path / log_dir), seed=seed), iterations_per_loop=10)
+    # The digits default anneals the rate (recorded, so a resume keeps the same schedule).
+    assert tpu_utils.load_train_kwargs(state.model_dir)['lr_schedule'] == 'linear'
     return np.concatenate([v.numpy().ravel() for v in state.variables])
   a, b, c = weights('a', 0), weights('b', 0), weights('c', 1)
   np.testing.assert_array_equal(a, b)  # initial weights, data order, timesteps, noise

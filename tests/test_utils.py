@@ -180,6 +180,22 @@ def test_get_warmed_up_lr():
   np.testing.assert_allclose(float(g(tf.constant(3, tf.int64))), 0.3, rtol=1e-6)
 
 
+
+def test_linear_lr_schedule_decays_to_zero_at_the_last_step():
+  f = lambda step: float(utils.get_lr(1e-3, 200, tf.constant(step, tf.int64), 'linear', 5000))
+  assert f(0) == 0.
+  np.testing.assert_allclose(f(100), 0.5e-3, rtol=1e-6)  # warmup as before
+  np.testing.assert_allclose(f(200), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(f(2600), 0.5e-3, rtol=1e-6)  # half way through the decay
+  np.testing.assert_allclose(f(4999), 1e-3 / 4800, rtol=1e-4)
+  assert f(5000) == 0. and f(6000) == 0.  # never negative past the end
+  np.testing.assert_allclose(float(utils.get_lr(1e-3, 200, 2600, 'constant', 5000)), 1e-3, rtol=1e-7)
+  with pytest.raises(ValueError, match='max_steps'):
+    utils.get_lr(1e-3, 200, 0, 'linear', None)
+  # A run shorter than the warmup (a smoke test) warms up and ends: no decay phase.
+  short = [float(utils.get_lr(1e-3, 200, s, 'linear', 3)) for s in range(3)]
+  np.testing.assert_allclose(short, [0., 1e-3 / 200, 2e-3 / 200], rtol=1e-6)
+
 def test_seed_all_makes_random_draws_repeatable():
   utils.seed_all(123)
   a = (np.random.rand(), tf.random.uniform([3]).numpy())

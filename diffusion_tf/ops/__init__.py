@@ -1,12 +1,13 @@
 """Fused CPU kernels, compiled once per machine with the local C++ compiler.
 
-`group_norm_op.cc` fuses GroupNorm (+ swish) into one forward and one backward kernel.
-It is built on first use against the installed TensorFlow's headers
+`group_norm_op.cc` fuses GroupNorm (+ swish) into one forward and one backward kernel;
+`adam_ema_op.cc` fuses the clipped Adam step and the EMA of the weights into one pass.
+They are built into one library on first use against the installed TensorFlow's headers
 (``tf.sysconfig``), cached under ``$DIFFUSION_TF_CACHE`` (default
 ``~/.cache/diffusion_tf``; the temp directory if that is not writable) in a file named by a hash of the source, the TF version and
 the flags, and loaded with ``tf.load_op_library``. Anything that goes wrong (no
-compiler, a compile or load error) gives one warning and `group_norm_lib` returns
-None: callers then use the plain TensorFlow composition, which computes the same thing.
+compiler, a compile or load error) gives one warning and `fused_lib` returns
+None: callers then use the plain TensorFlow ops, which compute the same thing.
 ``DIFFUSION_TF_FUSED_OPS=0`` turns the kernels off.
 """
 
@@ -24,11 +25,11 @@ import tensorflow as tf
 
 ENV_SWITCH = 'DIFFUSION_TF_FUSED_OPS'
 ENV_CACHE = 'DIFFUSION_TF_CACHE'
-_SOURCE = Path(__file__).with_name('group_norm_op.cc')
+_SOURCES = [Path(__file__).with_name(n) for n in ('group_norm_op.cc', 'adam_ema_op.cc')]
 _COMPILE_TIMEOUT_S = 600
 
 _lock = threading.Lock()
-_loaded = {}  # 'group_norm' -> module or None (None: tried and failed, or switched off)
+_loaded = {}  # 'kernels' -> module or None (None: tried and failed, or switched off)
 
 
 def enabled_by_env():
@@ -56,17 +57,20 @@ def _compile_command(cxx, out):
   # with it, so leave it off (float16 tensors are converted to float32 row by row anyway).
   if 'avx512_fp16' in _cpu_flags():
     arch.append('-mno-avx512fp16')
-  return ([cxx, '-shared', '-fPIC', '-O3', '-w', *arch, *tf.sysconfig.get_compile_flags(),
-           str(_SOURCE), '-o', str(out), *tf.sysconfig.get_link_flags()])
+  # No FMA contraction: the Adam kernel then rounds exactly like TF's own optimizer kernels.
+  return ([cxx, '-shared', '-fPIC', '-O3', '-w', '-ffp-contract=off', *arch,
+           *tf.sysconfig.get_compile_flags(), *map(str, _SOURCES), '-o', str(out),
+           *tf.sysconfig.get_link_flags()])
 
 
 def _build(cxx):
   """Compiles the kernel into the cache (atomically) unless it is there; returns its path."""
   key = hashlib.sha256()
-  key.update(_SOURCE.read_bytes())
+  for source in _SOURCES:
+    key.update(source.read_bytes())
   key.update(' '.join(_compile_command(cxx, 'OUT')).encode())
   key.update(tf.__version__.encode())
-  name = f'group_norm_{key.hexdigest()[:16]}.so'
+  name = f'kernels_{key.hexdigest()[:16]}.so'
   target = cache_dir() / name
   if target.exists():
     return target
@@ -80,7 +84,7 @@ def _build(cxx):
       return target
     target.parent.mkdir(parents=True, exist_ok=True)
   logging.getLogger(__name__).warning(
-      'diffusion_tf: compiling the fused GroupNorm CPU kernel into %s (once per machine, ~15 s)',
+      'diffusion_tf: compiling the fused CPU kernels into %s (once per machine, ~20 s)',
       target)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
   os.close(fd)
@@ -97,12 +101,13 @@ def _build(cxx):
 
 
 @tf.autograph.experimental.do_not_convert  # called while tracing; plain Python file checks
-def group_norm_lib():
-  """The loaded op library (``diffusion_group_norm``, ``diffusion_group_norm_grad``) or None."""
+def fused_lib():
+  """The loaded op library (``diffusion_group_norm``, ``diffusion_group_norm_grad``,
+  ``diffusion_adam_ema``) or None."""
   with _lock:
-    if 'group_norm' not in _loaded:
-      _loaded['group_norm'] = _load()
-    return _loaded['group_norm']
+    if 'kernels' not in _loaded:
+      _loaded['kernels'] = _load()
+    return _loaded['kernels']
 
 
 def _load():
@@ -110,12 +115,13 @@ def _load():
     return None
   cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
   if cxx is None:
-    warnings.warn('diffusion_tf: no C++ compiler found (g++/c++/$CXX); GroupNorm uses the '
-                  'slower TensorFlow composition. Install g++ to get the fused CPU kernel.')
+    warnings.warn('diffusion_tf: no C++ compiler found (g++/c++/$CXX); GroupNorm and the '
+                  'optimizer use the slower TensorFlow ops. Install g++ to get the fused CPU '
+                  'kernels.')
     return None
   try:
     return tf.load_op_library(str(_build(cxx)))
   except Exception as e:  # any failure means: fall back, say why once
-    warnings.warn(f'diffusion_tf: the fused GroupNorm CPU kernel is unavailable, using the '
-                  f'TensorFlow composition instead ({type(e).__name__}: {e})')
+    warnings.warn(f'diffusion_tf: the fused CPU kernels are unavailable, using the plain '
+                  f'TensorFlow ops instead ({type(e).__name__}: {e})')
     return None
