@@ -141,7 +141,12 @@ def run_case(workers, case, log):
   key = f'{kind}|{model}|{batch}'
   label = f'{name} {model} b{batch}'
   setup = {}
-  for v in variants:
+  # Constant-weight variants first: TF shares oneDNN primitives between convolutions of the
+  # same shapes, and a constant-weight graph created after a variable-weight one has run
+  # reuses its primitives and loses the cached filter reorders (batch-1 forward 54 -> 68 ms).
+  # A sampling process has only the constant-weight graph; the other order costs the
+  # variable-weight variant nothing.
+  for v in sorted(variants, key=lambda v: vmode(v) != 'const'):
     fw, dtype = v[0], v[1]
     mode = vmode(v)
     extra = {'const': True} if mode == 'const' else {}  # an option of our side only
