@@ -122,6 +122,10 @@ class Adam:
       tf.raw_ops.ResourceApplyAdam(
           var=var.handle, m=m.handle, v=v.handle, beta1_power=b1p, beta2_power=b2p, lr=lr,
           beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, grad=g)
+    self._advance_powers(b1p, b2p)
+
+  def _advance_powers(self, b1p, b2p):
+    """beta1^t, beta2^t -> beta1^(t+1), beta2^(t+1) after a step that used b1p, b2p."""
     tf.raw_ops.AssignVariableOp(resource=self.beta1_power.handle, value=b1p * self.beta1)
     tf.raw_ops.AssignVariableOp(resource=self.beta2_power.handle, value=b2p * self.beta2)
 
@@ -135,8 +139,7 @@ class Adam:
         grad=grads, grad_scale=grad_scale, lr=tf.cast(lr, tf.float32), beta1_power=b1p,
         beta2_power=b2p, ema_alpha=ema_alpha, beta1=self.beta1, beta2=self.beta2,
         epsilon=self.epsilon)
-    tf.raw_ops.AssignVariableOp(resource=self.beta1_power.handle, value=b1p * self.beta1)
-    tf.raw_ops.AssignVariableOp(resource=self.beta2_power.handle, value=b2p * self.beta2)
+    self._advance_powers(b1p, b2p)
 
   def var_dict(self, variables):
     out = {'beta1_power': self.beta1_power, 'beta2_power': self.beta2_power}
