@@ -63,13 +63,18 @@ def main():
   p.add_argument('--top', type=int, default=30)
   p.add_argument('--by', default='type', choices=['type', 'name'])
   p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--const', action='store_true', help='weights as constants (as the samplers)')
+  p.add_argument('--no_winograd', action='store_true', help='direct 3x3 convolutions only')
   p.add_argument('--inter', type=int, default=None,
                  help='inter-op threads (1 makes op times add up to the wall time)')
   a = p.parse_args()
   tf_side.setup_threads(a.threads)
   if a.inter:
     tf.config.threading.set_inter_op_parallelism_threads(a.inter)
-  bench = tf_side.build(a.kind, a.model, a.batch, a.dtype)
+  from diffusion_tf import nn
+  with nn.winograd(not a.no_winograd):
+    bench = tf_side.build(a.kind, a.model, a.batch, a.dtype, const=a.const)
+    bench.fn.get_concrete_function(*bench.args)  # trace inside the context
   for _ in range(2):
     bench.run()
   t0 = time.perf_counter()

@@ -78,6 +78,8 @@ OURS32, DIFF32 = ('ours', 'float32'), ('diffusers', 'float32')
 OURS16, DIFF16 = ('ours', 'bfloat16'), ('diffusers', 'bfloat16')
 # Our inference as the samplers run it: the weights compiled in as constants (nn.constant_weights).
 CONST32, CONST16 = ('ours', 'float32', 'const'), ('ours', 'bfloat16', 'const')
+# Ours with TF's direct 3x3 convolutions instead of the Winograd ones (nn.winograd(False)).
+DIRECT32 = ('ours', 'float32', 'direct')
 
 
 def plan(quick, xla, with_diffusers_bf16):
@@ -88,8 +90,8 @@ def plan(quick, xla, with_diffusers_bf16):
   if quick:
     cases = [
         ('forward', 'forward', 'cifar32', 1, all4 + infer, 3, 2),
-        ('forward', 'forward', 'cifar32', 16, all4 + infer, 3, 1),
-        ('train', 'train', 'cifar32', 16, all4, 2, 1),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32], 3, 1),
+        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32], 2, 1),
         ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 2, 1),
         ('sample_ddim', 'sample_ddim:2', 'cifar32', 16, three + infer, 2, 1),
         ('forward', 'forward', 'cifar64', 1, three, 2, 1),
@@ -98,9 +100,9 @@ def plan(quick, xla, with_diffusers_bf16):
   else:
     cases = [
         ('forward', 'forward', 'cifar32', 1, all4 + infer, 12, 2),
-        ('forward', 'forward', 'cifar32', 16, all4 + infer, 9, 1),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32], 9, 1),
         ('forward', 'forward', 'cifar32', 64, all4 + infer, 5, 1),
-        ('train', 'train', 'cifar32', 16, all4, 7, 1),
+        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32], 7, 1),
         ('train', 'train', 'cifar32', 64, all4, 3, 1),
         ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 7, 1),
         ('sample_ddim', 'sample_ddim:3', 'cifar32', 16, three + infer, 4, 1),
@@ -123,7 +125,8 @@ def vname(v):
 
 
 def vmode(v):
-  """'' (plain), 'xla' (jit_compile) or 'const' (constant weights) of a variant tuple."""
+  """'' (plain), 'xla' (jit_compile), 'const' (constant weights) or 'direct' (no Winograd
+  convolutions) of a variant tuple."""
   return v[2] if len(v) > 2 else ''
 
 
@@ -149,7 +152,7 @@ def run_case(workers, case, log):
   for v in sorted(variants, key=lambda v: vmode(v) != 'const'):
     fw, dtype = v[0], v[1]
     mode = vmode(v)
-    extra = {'const': True} if mode == 'const' else {}  # an option of our side only
+    extra = {mode: True} if mode in ('const', 'direct') else {}  # options of our side only
     res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{mode}', kind=kind, model=model,
                            batch=batch, dtype=dtype, xla=mode == 'xla', warmup=2, **extra)
     setup[vname(v)] = res
@@ -315,6 +318,22 @@ def write_report(path, data):
       'call on our side; the same in PyTorch (foreach Adam, `clip_grad_norm_`, `_foreach_lerp_` EMA).')
   add('')
 
+  rows = [c for c in cases if get(c, 'ours', 'float32', mode='direct')]
+  if rows:
+    add('### What the Winograd convolutions give (fp32)')
+    add('')
+    add('Ours with TF\'s direct (oneDNN) 3x3 convolutions (`nn.winograd(False)`) against ours '
+        'with the default Winograd F(4x4, 3x3) ones, in the same run:')
+    add('')
+    add('| case | ours fp32 direct convs | ours fp32 Winograd | Winograd speedup | diffusers fp32 | speedup direct vs diffusers |')
+    add('|---|---|---|---|---|---|')
+    for c in rows:
+      o32, w32, d32 = get(c, 'ours', 'float32', mode='direct'), get(c, 'ours', 'float32'), \
+          get(c, 'diffusers', 'float32')
+      add(f'| {c["label"]} | {fmt_t(o32)} | {fmt_t(w32)} | **{speedup(o32, w32)}** | '
+          f'{fmt_t(d32)} | {speedup(d32, o32)} |')
+    add('')
+
   add('## Inference as our samplers run it: weights compiled in as constants')
   add('')
   add('`generate_samples` / the `sample` commands trace their sampling loop inside '
@@ -428,31 +447,37 @@ def write_report(path, data):
   add('**Retracing after warm-up: ' + ('YES — see the table.**' if retraced else 'none.**'))
   add('')
 
-  num = data.get('numerics')
-  if num:
-    add('## Numerical effect of bf16 (ours)')
+  for key, label, what in (
+      ('numerics_fp32', 'fp32 Winograd', 'float32 with the Winograd 3x3 convolutions (the default on CPU)'),
+      ('numerics', 'bf16', 'bf16 compute')):
+    num = data.get(key)
+    if not num:
+      continue
+    add(f'## Numerical effect of {label} (ours)')
     add('')
-    add('Same weights (the near-zero initialisations of conv2/proj_out/conv_out replaced by the '
-        'default init so the output is not ~0), input uniform in [-1, 1], batch '
-        f'{num["batch"]}; relative L2 difference ‖y_bf16 − y_fp32‖ / ‖y_fp32‖ at t = 10, 500, 990:')
+    add(f'{what[0].upper() + what[1:]} against float32 with TF\'s direct convolutions '
+        '(`nn.winograd(False)`). Same weights (the near-zero initialisations of '
+        'conv2/proj_out/conv_out replaced by the default init so the output is not ~0), input '
+        f'uniform in [-1, 1], batch {num["batch"]}; relative L2 difference ‖y − y_ref‖ / ‖y_ref‖ '
+        'at t = 10, 500, 990:')
     add('')
     add('| t | rel. L2 difference | max abs difference | (output RMS) |')
     add('|---|---|---|---|')
     for t, r, a in zip((10, 500, 990), num['output_rel_l2'], num['output_max_abs']):
       add(f'| {t} | {r:.2e} | {a:.2e} | {num["output_rms"]:.3f} |')
     add('')
-    l32, l16 = np.asarray(num['loss_fp32']), np.asarray(num['loss_low'])
+    l32, llo = np.asarray(num['loss_fp32']), np.asarray(num['loss_low'])
     add(f'Short training run from identical initial weights with identical data (built-in digits), '
         f'timesteps and noise, batch {num["batch"]}, Adam 2e-4, {len(l32)} steps:')
     add('')
     add('| step | ' + ' | '.join(str(i + 1) for i in range(len(l32))) + ' |')
     add('|---|' + '---|' * len(l32))
-    add('| fp32 loss | ' + ' | '.join(f'{x:.4f}' for x in l32) + ' |')
-    add('| bf16 loss | ' + ' | '.join(f'{x:.4f}' for x in l16) + ' |')
-    rel = np.abs(l16 - l32) / np.abs(l32)
+    add('| reference loss | ' + ' | '.join(f'{x:.4f}' for x in l32) + ' |')
+    add(f'| {label} loss | ' + ' | '.join(f'{x:.4f}' for x in llo) + ' |')
+    rel = np.abs(llo - l32) / np.abs(l32)
     add('')
     add(f'Relative loss difference: mean {rel.mean():.2e}, max {rel.max():.2e}. '
-        f'bf16 model variables: {", ".join(num["param_dtypes"])}.')
+        f'Model variables: {", ".join(num["param_dtypes"])}.')
     add('')
 
   add('## Targets')
@@ -579,13 +604,14 @@ def main():
         data['cases'].append(res)
         loads.append(res['load'][0])
       if not a.only:
-        log('numerics (bf16 vs fp32)')
         nb, ns = (4, 3) if a.quick else (8, 12)
-        num = workers['ours'].call(cmd='numerics', dtype='bfloat16', steps=ns, batch=nb)
-        num['batch'] = nb
-        data['numerics'] = num
-        log(f'  output rel L2 {num["output_rel_l2"]}, losses {num["loss_fp32"][-1]:.4f} vs '
-            f'{num["loss_low"][-1]:.4f}')
+        for key, dtype in (('numerics', 'bfloat16'), ('numerics_fp32', 'float32')):
+          log(f'numerics ({dtype} vs fp32 with direct convolutions)')
+          num = workers['ours'].call(cmd='numerics', dtype=dtype, steps=ns, batch=nb)
+          num['batch'] = nb
+          data[key] = num
+          log(f'  output rel L2 {num["output_rel_l2"]}, losses {num["loss_fp32"][-1]:.4f} vs '
+              f'{num["loss_low"][-1]:.4f}')
   finally:
     for w in workers.values():
       w.close()

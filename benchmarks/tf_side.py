@@ -192,12 +192,20 @@ def _maybe_jit(fn, xla):
   return tf.function(fn, jit_compile=True) if xla else tf.function(fn)
 
 
-def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=False):
+def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=False,
+          direct=False):
   """Returns a `Bench` for kind in forward / train / sample_ddpm / sample_ddim:K.
 
   ``const``: inference with the weights compiled in as constants, as the library's samplers
   run it (`nn.constant_weights`); the function is traced here, inside that context.
+  ``direct``: TF's direct 3x3 convolutions instead of the Winograd ones (`nn.winograd`).
   """
+  if direct:
+    from diffusion_tf import nn
+    with nn.winograd(False):
+      bench = build(kind, model, batch, dtype, xla, const)
+      bench.fn.get_concrete_function(*bench.args)  # trace now, inside the context
+    return bench
   if const:
     if kind == 'train':
       raise ValueError('constant weights are for inference, not for the train step')
@@ -289,7 +297,10 @@ def digits_batches(batch, steps, resolution=32, seed=0):
 
 
 def numerics(dtype='bfloat16', steps=20, batch=16, model='cifar32'):
-  """Network-output and short-loss-curve differences of ``dtype`` compute vs float32."""
+  """Network-output and short-loss-curve differences of ``dtype`` compute (with the default
+  fast paths: Winograd 3x3 convolutions in float32) vs float32 with TF's direct convolutions."""
+  from diffusion_tf import nn
+  direct = lambda: nn.winograd(False)  # wraps the reference's calls (and so its traces)
   res = CONFIGS[model]['resolution']
   out = {}
   ref = make_net(model, dtype='float32', dropout=0.0, seed=3)
@@ -301,7 +312,8 @@ def numerics(dtype='bfloat16', steps=20, batch=16, model='cifar32'):
   rel, maxabs = [], []
   for tt in (10, 500, 990):
     t = tf.fill([batch], tt)
-    y32 = ref(x, t, training=False).numpy()
+    with direct():
+      y32 = ref(x, t, training=False).numpy()
     ylo = low(x, t, training=False)
     assert ylo.dtype == tf.float32
     ylo = ylo.numpy()
@@ -322,7 +334,8 @@ def numerics(dtype='bfloat16', steps=20, batch=16, model='cifar32'):
   for xb in digits_batches(batch, steps, res):
     t = tf.constant(rng.integers(0, 1000, size=(batch,)).astype(np.int32))
     noise = tf.constant(rng.normal(size=xb.shape).astype(np.float32))
-    l32.append(float(step32(tf.constant(xb), t, noise)))
+    with direct():
+      l32.append(float(step32(tf.constant(xb), t, noise)))
     llo.append(float(steplo(tf.constant(xb), t, noise)))
   out['loss_fp32'] = l32
   out['loss_low'] = llo

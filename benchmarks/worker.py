@@ -109,7 +109,7 @@ def serve(side, out):
       elif cmd == 'setup':
         key = msg['key']
         t0 = time.perf_counter()
-        extra = {'const': True} if msg.get('const') else {}
+        extra = {k: True for k in ('const', 'direct') if msg.get(k)}  # our side's options
         bench = side.build(msg['kind'], msg.get('model', 'cifar32'), msg['batch'],
                            msg.get('dtype', 'float32'), msg.get('xla', False), **extra)
         warm = []

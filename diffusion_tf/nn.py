@@ -177,10 +177,98 @@ class Conv2D(tf.Module):
     self.b = tf.Variable(tf.zeros([num_units]), name=name + '/b') if bias else None
 
   def __call__(self, x):
+    lib = self._winograd_lib(x)
+    if lib is not None:
+      b = self.b if self.b is not None else tf.zeros([self.W.shape[-1]])
+      return conv3x3_winograd(x, read_weight(self.W, x.dtype), read_weight(b, x.dtype), lib)
     y = tf.nn.conv2d(x, read_weight(self.W, x.dtype), strides=self.stride, padding=self.pad)
     # BiasAdd lets the graph optimizer emit one fused Conv2D+BiasAdd(+Add) oneDNN kernel
     # and a fused Conv2DBackpropFilter+BiasAddGrad in the backward pass.
     return y if self.b is None else tf.nn.bias_add(y, read_weight(self.b, x.dtype))
+
+  def _winograd_lib(self, x):
+    """The fused kernels if this call should run as a Winograd convolution, else None."""
+    fh, fw, cin, cout = self.W.shape
+    if ((fh, fw) != (3, 3) or self.stride != 1 or self.pad != 'SAME' or x.dtype != tf.float32
+        or min(cin, cout) < WINOGRAD_MIN_CHANNELS or x.shape.rank != 4):
+      return None
+    n, h, w = x.shape[:3]
+    if None not in (n, h, w) and n * -(-h // 4) * -(-w // 4) < WINOGRAD_MIN_TILES:
+      return None
+    if getattr(_SETTINGS, 'winograd', None) is False:
+      return None
+    return fused_kernels_lib()
+
+
+# ----------------------------------------------------------------------------- winograd
+
+# F(4x4, 3x3) (Lavin & Gray 2016): y = A^T [(G w G^T) * (B^T d B)] A on 6x6 input tiles d
+# every 4 pixels. B^T and A^T are in diffusion_tf/ops/winograd_op.cc; G is applied here.
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+# U[6a + b] = sum_ij G[a, i] G[b, j] w[i, j]: the filter transform as one [36, 9] matrix.
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)
+# Below these the direct convolution is as fast or faster on CPU: a channel block is 16
+# lanes, and with few tiles the filter transform (4x the filter) costs more than it saves.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 16
+
+
+@contextlib.contextmanager
+def winograd(enabled):
+  """Whether 3x3 convolutions made or traced inside may run as Winograd convolutions.
+
+  By default they do where the fused CPU kernels apply (see `fused_kernels_lib`): float32,
+  stride 1, 'SAME', at least `WINOGRAD_MIN_CHANNELS` channels in and out and
+  `WINOGRAD_MIN_TILES` 4x4 output tiles per call. Turn it off to get TF's direct
+  convolution (its rounding is ~5x smaller; see `conv3x3_winograd`).
+  """
+  with _setting('winograd', bool(enabled)):
+    yield
+
+
+def winograd_filter(w):
+  """[3, 3, in, out] filter -> [36, in, out], G w G^T for every channel pair."""
+  cin, cout = w.shape[2], w.shape[3]
+  gg = tf.constant(_WINOGRAD_GG, w.dtype)
+  return tf.reshape(tf.matmul(gg, tf.reshape(w, [9, cin * cout])), [36, cin, cout])
+
+
+def conv3x3_winograd(x, w, b, lib):
+  """``bias_add(conv2d(x, w, 1, 'SAME'), b)`` for float32 NHWC x as a Winograd F(4x4, 3x3)
+  convolution, with its gradient (`lib`: the fused kernels).
+
+  The 36 channel products run as one batched MatMul ([36, tiles, in] @ [36, in, out]),
+  2.25x fewer multiplications than the direct convolution; forward + backward of the
+  CIFAR-10 U-Net's convolutions is 1.3-2.1x faster than TF's (oneDNN) on CPU at batch 16.
+  Rounding: relative error ~1e-5 of the output's scale (direct: ~1e-6; a TPU's default
+  float32 convolution, bfloat16 passes, ~1e-3).
+  The gradient recomputes the input tiles from x rather than keeping them from the
+  forward pass (they are 2.25x the size of x).
+  """
+  height, width = x.shape[1], x.shape[2]
+  cin, cout = w.shape[2], w.shape[3]
+
+  @tf.custom_gradient
+  def _conv(x, w, b):
+    u = winograd_filter(w)
+    m = tf.matmul(lib.diffusion_winograd_input(x), u)
+    y = lib.diffusion_winograd_output(m, b, height=height, width=width)
+
+    def grad(dy):
+      dm = lib.diffusion_winograd_output_grad(dy)
+      dx = lib.diffusion_winograd_input_grad(tf.matmul(dm, u, transpose_b=True),
+                                             height=height, width=width)
+      with tf.control_dependencies([dy]):  # recompute in the backward pass, not before
+        v = lib.diffusion_winograd_input(tf.identity(x))
+      du = tf.reshape(tf.matmul(v, dm, transpose_a=True), [36, cin * cout])
+      dw = tf.reshape(tf.matmul(tf.constant(_WINOGRAD_GG, du.dtype), du, transpose_a=True),
+                      [3, 3, cin, cout])
+      return dx, dw, tf.reduce_sum(dy, [0, 1, 2])
+
+    return y, grad
+
+  return _conv(x, w, b)
 
 
 # ----------------------------------------------------------------------------- group norm
@@ -222,8 +310,8 @@ def _group_size(x, cg):
 
 @contextlib.contextmanager
 def fused_kernels(enabled):
-  """Whether `group_norm` and the training update (`tpu_utils.apply_update`) made or traced
-  inside use the fused CPU kernels.
+  """Whether `group_norm`, the 3x3 convolutions (`Conv2D`, see `winograd`) and the training
+  update (`tpu_utils.apply_update`) made or traced inside use the fused CPU kernels.
 
   By default they do when the kernels are available (see `diffusion_tf.ops`) and the
   process has no GPU or TPU. Turn them off for functions compiled with XLA

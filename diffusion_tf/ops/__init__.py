@@ -1,7 +1,8 @@
 """Fused CPU kernels, compiled once per machine with the local C++ compiler.
 
 `group_norm_op.cc` fuses GroupNorm (+ swish) into one forward and one backward kernel;
-`adam_ema_op.cc` fuses the clipped Adam step and the EMA of the weights into one pass.
+`adam_ema_op.cc` fuses the clipped Adam step and the EMA of the weights into one pass;
+`winograd_op.cc` has the tile transforms of the Winograd 3x3 convolution (`nn.conv3x3_winograd`).
 They are built into one library on first use against the installed TensorFlow's headers
 (``tf.sysconfig``), cached under ``$DIFFUSION_TF_CACHE`` (default
 ``~/.cache/diffusion_tf``; the temp directory if that is not writable) in a file named by a hash of the source, the TF version and
@@ -25,7 +26,8 @@ import tensorflow as tf
 
 ENV_SWITCH = 'DIFFUSION_TF_FUSED_OPS'
 ENV_CACHE = 'DIFFUSION_TF_CACHE'
-_SOURCES = [Path(__file__).with_name(n) for n in ('group_norm_op.cc', 'adam_ema_op.cc')]
+_SOURCES = [Path(__file__).with_name(n) for n in ('group_norm_op.cc', 'adam_ema_op.cc', 'winograd_op.cc')]
+_HEADERS = [Path(__file__).with_name('kernel_common.h')]
 _COMPILE_TIMEOUT_S = 600
 
 _lock = threading.Lock()
@@ -66,7 +68,7 @@ def _compile_command(cxx, out):
 def _build(cxx):
   """Compiles the kernel into the cache (atomically) unless it is there; returns its path."""
   key = hashlib.sha256()
-  for source in _SOURCES:
+  for source in _SOURCES + _HEADERS:
     key.update(source.read_bytes())
   key.update(' '.join(_compile_command(cxx, 'OUT')).encode())
   key.update(tf.__version__.encode())
@@ -103,7 +105,7 @@ def _build(cxx):
 @tf.autograph.experimental.do_not_convert  # called while tracing; plain Python file checks
 def fused_lib():
   """The loaded op library (``diffusion_group_norm``, ``diffusion_group_norm_grad``,
-  ``diffusion_adam_ema``) or None."""
+  ``diffusion_adam_ema``, ``diffusion_winograd_*``) or None."""
   with _lock:
     if 'kernels' not in _loaded:
       _loaded['kernels'] = _load()
@@ -115,8 +117,8 @@ def _load():
     return None
   cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
   if cxx is None:
-    warnings.warn('diffusion_tf: no C++ compiler found (g++/c++/$CXX); GroupNorm and the '
-                  'optimizer use the slower TensorFlow ops. Install g++ to get the fused CPU '
+    warnings.warn('diffusion_tf: no C++ compiler found (g++/c++/$CXX); GroupNorm, the '
+                  '3x3 convolutions and the optimizer use the slower TensorFlow ops. Install g++ to get the fused CPU '
                   'kernels.')
     return None
   try:

@@ -12,28 +12,14 @@
 //   var -= (m * alpha) / (sqrt(v) + epsilon),  alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
 //   shadow -= (shadow - var) * ema_alpha       (ema_alpha = 1 - decay)
 
-#define EIGEN_USE_THREADS
-#include <algorithm>
-#include <cmath>
-#include <functional>
-#include <vector>
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
+#include "kernel_common.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
 
 namespace diffusion_tf {
 
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 using tensorflow::Var;
-using tensorflow::errors::InvalidArgument;
 using CPUDevice = Eigen::ThreadPoolDevice;
 
 REGISTER_OP("DiffusionAdamEma")

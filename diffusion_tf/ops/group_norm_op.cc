@@ -9,28 +9,11 @@
 // x is viewed as [B, S, C] (S = product of the spatial dims, channels last); groups are
 // C / G contiguous channels. Statistics and all arithmetic are float32 for every T.
 
-#define EIGEN_USE_THREADS
-#include <algorithm>
-#include <cmath>
 #include <type_traits>
-#include <vector>
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "unsupported/Eigen/CXX11/Tensor"
+#include "kernel_common.h"
 
 namespace diffusion_tf {
-
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Status;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
-namespace shape_inference = tensorflow::shape_inference;
 
 using ArrayF = Eigen::Array<float, Eigen::Dynamic, 1>;
 using MapF = Eigen::Map<ArrayF>;

@@ -1,0 +1,111 @@
+"""Tests for the Winograd F(4x4, 3x3) convolution (nn.conv3x3_winograd, ops/winograd_op.cc).
+
+The reference is TF's direct convolution in float64; the Winograd path runs in float32.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diffusion_tf import nn, ops
+
+pytestmark = pytest.mark.skipif(ops.fused_lib() is None, reason='fused CPU kernels unavailable')
+
+
+def _value_and_grads(conv, x, w, b, dy, compile=False):
+  def f(x, w, b):
+    with tf.GradientTape() as tape:
+      tape.watch([x, w, b])
+      y = conv(x, w, b)
+      loss = tf.reduce_sum(y * dy)
+    return (y, *tape.gradient(loss, [x, w, b]))
+  return [t.numpy().astype(np.float64) for t in (tf.function(f) if compile else f)(x, w, b)]
+
+
+def _direct(x, w, b):
+  return tf.nn.bias_add(tf.nn.conv2d(x, w, 1, 'SAME'), b)
+
+
+# Odd sizes (partial 4x4 tiles, partial 16-channel blocks, one-pixel images, both parities
+# of tile rows) and the U-Net's own shapes.
+@pytest.mark.parametrize('n,h,w,cin,cout', [(2, 7, 9, 20, 33), (1, 1, 1, 16, 16),
+                                            (3, 5, 6, 17, 16), (2, 13, 4, 16, 40),
+                                            (2, 16, 16, 64, 64)])
+def test_winograd_conv_value_and_gradients_match_direct_convolution(n, h, w, cin, cout):
+  """y, dy/dx, dy/dw, dy/db against the float64 direct convolution: within 5e-5 of the
+  output's scale (F(4x4, 3x3) in float32 is ~1e-5 off, the float32 direct conv ~1e-6)."""
+  rng = np.random.default_rng(n * 1000 + h * 10 + cin)
+  arrays = (rng.normal(size=(n, h, w, cin)), rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin),
+            rng.normal(size=cout), rng.normal(size=(n, h, w, cout)))
+  x, wt, b, dy = (tf.constant(a, tf.float32) for a in arrays)
+  lib = ops.fused_lib()
+  wino = lambda x, w, b: nn.conv3x3_winograd(x, w, b, lib)
+  ref = _value_and_grads(_direct, *(tf.constant(a, tf.float64) for a in arrays))
+  for compile in (False, True):
+    got = _value_and_grads(wino, x, wt, b, dy, compile=compile)
+    for name, g, r in zip(('y', 'dx', 'dw', 'db'), got, ref):
+      assert g.shape == r.shape, name
+      err = np.abs(g - r).max() / np.abs(r).max()
+      assert err < 5e-5, (name, err)
+
+
+def _conv_op_types(layer, x):
+  def f(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+    return y, tape.gradient(y, [x, layer.W])
+  return {op.type for op in tf.function(f).get_concrete_function(x).graph.get_operations()}
+
+
+_WINOGRAD_OPS = {'DiffusionWinogradInput', 'DiffusionWinogradOutput',
+                 'DiffusionWinogradOutputGrad', 'DiffusionWinogradInputGrad'}
+
+
+def test_conv2d_layer_runs_winograd_only_where_it_applies():
+  """The U-Net's 3x3 stride-1 float32 convolutions (value and gradient) run as Winograd
+  convolutions; strided, 1x1, few-channel, low-precision and tiny (few tiles) ones, and
+  everything under nn.winograd(False) or nn.fused_kernels(False), stay direct."""
+  x = tf.zeros([4, 8, 8, 32])  # 16 tiles of 4x4
+  conv = nn.Conv2D(32, 32, name='wino/conv')
+  assert _WINOGRAD_OPS <= _conv_op_types(conv, x)
+  assert 'Conv2D' not in _conv_op_types(conv, x)
+  direct_cases = [
+      (nn.Conv2D(32, 32, name='wino/stride2', stride=2), x),
+      (nn.Conv2D(32, 32, name='wino/one', filter_size=1), x),
+      (nn.Conv2D(3, 32, name='wino/rgb_in'), tf.zeros([4, 8, 8, 3])),
+      (nn.Conv2D(32, 3, name='wino/rgb_out'), x),
+      (conv, tf.zeros([1, 4, 4, 32])),  # one tile: the filter transform would dominate
+      (conv, tf.zeros([4, 8, 8, 32], tf.bfloat16)),
+  ]
+  for layer, inp in direct_cases:
+    assert not _WINOGRAD_OPS & _conv_op_types(layer, inp), layer.name
+  for switch in (nn.winograd, nn.fused_kernels):
+    with switch(False):
+      assert not _WINOGRAD_OPS & _conv_op_types(conv, x)
+
+
+def test_conv2d_layer_winograd_matches_direct_and_accepts_unknown_batch():
+  rng = np.random.default_rng(0)
+  conv = nn.Conv2D(48, 32, name='wino_layer/conv')
+  conv.b.assign(rng.normal(size=32).astype(np.float32))
+  x = tf.constant(rng.normal(size=(3, 12, 10, 48)).astype(np.float32))
+  f = tf.function(conv, input_signature=[tf.TensorSpec([None, 12, 10, 48], tf.float32)])
+  with nn.winograd(False):
+    direct = tf.function(conv)(x).numpy()
+  y = f(x)
+  assert y.shape == (3, 12, 10, 32)
+  assert _WINOGRAD_OPS & {op.type for op in f.get_concrete_function().graph.get_operations()}
+  np.testing.assert_allclose(y.numpy(), direct, atol=5e-5 * np.abs(direct).max())
+
+
+def test_winograd_ops_reject_inconsistent_shapes():
+  lib = ops.fused_lib()
+  with pytest.raises(tf.errors.InvalidArgumentError, match='do not make whole'):
+    lib.diffusion_winograd_output(tf.zeros([36, 5, 16]), tf.zeros([16]), height=8, width=8)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='bias must be'):
+    lib.diffusion_winograd_output(tf.zeros([36, 4, 16]), tf.zeros([15]), height=8, width=8)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r'\[36, T, C\]'):
+    lib.diffusion_winograd_input_grad(tf.zeros([16, 4, 16]), height=8, width=8)
+  with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=r'\[N, H, W, C\]'):
+    lib.diffusion_winograd_input(tf.zeros([8, 8, 16]))
