@@ -448,14 +448,14 @@ def write_report(path, data):
   add('')
 
   for key, label, what in (
-      ('numerics_fp32', 'fp32 Winograd', 'float32 with the Winograd 3x3 convolutions (the default on CPU)'),
-      ('numerics', 'bf16', 'bf16 compute')):
+      ('numerics_fp32', 'fp32 Winograd', 'Float32 with the Winograd 3x3 convolutions (the default on CPU)'),
+      ('numerics', 'bf16', 'bfloat16 compute')):
     num = data.get(key)
     if not num:
       continue
     add(f'## Numerical effect of {label} (ours)')
     add('')
-    add(f'{what[0].upper() + what[1:]} against float32 with TF\'s direct convolutions '
+    add(f'{what} against float32 with TF\'s direct convolutions '
         '(`nn.winograd(False)`). Same weights (the near-zero initialisations of '
         'conv2/proj_out/conv_out replaced by the default init so the output is not ~0), input '
         f'uniform in [-1, 1], batch {num["batch"]}; relative L2 difference ‖y − y_ref‖ / ‖y_ref‖ '

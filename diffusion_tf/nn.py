@@ -193,7 +193,9 @@ class Conv2D(tf.Module):
         or min(cin, cout) < WINOGRAD_MIN_CHANNELS or x.shape.rank != 4):
       return None
     n, h, w = x.shape[:3]
-    if None not in (n, h, w) and n * -(-h // 4) * -(-w // 4) < WINOGRAD_MIN_TILES:
+    if h is None or w is None:  # the tile kernels need the image size when traced
+      return None
+    if n is not None and n * -(-h // 4) * -(-w // 4) < WINOGRAD_MIN_TILES:
       return None
     if getattr(_SETTINGS, 'winograd', None) is False:
       return None

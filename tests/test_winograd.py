@@ -85,7 +85,7 @@ def test_conv2d_layer_runs_winograd_only_where_it_applies():
       assert not _WINOGRAD_OPS & _conv_op_types(conv, x)
 
 
-def test_conv2d_layer_winograd_matches_direct_and_accepts_unknown_batch():
+def test_conv2d_layer_winograd_matches_direct_with_unknown_batch_or_size():
   rng = np.random.default_rng(0)
   conv = nn.Conv2D(48, 32, name='wino_layer/conv')
   conv.b.assign(rng.normal(size=32).astype(np.float32))
@@ -97,6 +97,10 @@ def test_conv2d_layer_winograd_matches_direct_and_accepts_unknown_batch():
   assert y.shape == (3, 12, 10, 32)
   assert _WINOGRAD_OPS & {op.type for op in f.get_concrete_function().graph.get_operations()}
   np.testing.assert_allclose(y.numpy(), direct, atol=5e-5 * np.abs(direct).max())
+  # Unknown height/width (the tile kernels need them when traced): the direct convolution.
+  g = tf.function(conv, input_signature=[tf.TensorSpec([None, None, None, 48], tf.float32)])
+  assert not _WINOGRAD_OPS & {op.type for op in g.get_concrete_function().graph.get_operations()}
+  np.testing.assert_allclose(g(x).numpy(), direct, rtol=1e-6, atol=1e-6 * np.abs(direct).max())
 
 
 def test_winograd_ops_reject_inconsistent_shapes():
