@@ -113,3 +113,40 @@ def test_winograd_ops_reject_inconsistent_shapes():
     lib.diffusion_winograd_input_grad(tf.zeros([16, 4, 16]), height=8, width=8)
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=r'\[N, H, W, C\]'):
     lib.diffusion_winograd_input(tf.zeros([8, 8, 16]))
+
+
+def test_unet_output_and_gradients_close_to_the_direct_convolution():
+  """The whole digits U-Net (O(1) random weights, so every layer matters): output and weight
+  gradients with the Winograd convolutions within 1e-4 (relative L2) of the direct ones,
+  and the Winograd ops really in the graph."""
+  from diffusion_tf.models import unet
+  from test_unet import randomize  # tests/ is on sys.path under pytest
+  net = unet.UNet(**unet.MODEL_CONFIGS['unet_digits'], in_ch=1, out_ch=1, resolution=16)
+  randomize(net, seed=1)
+  rng = np.random.default_rng(2)
+  x = tf.constant(rng.uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32))
+  t = tf.constant(rng.integers(0, 1000, 8).astype(np.int32))
+
+  def run(winograd):
+    with nn.winograd(winograd):
+      @tf.function
+      def f(x, t):
+        with tf.GradientTape() as tape:
+          y = net(x, t, training=False)
+          loss = tf.reduce_mean(tf.square(y))
+        return y, tape.gradient(loss, net.trainable_variables)
+      ops_used = {op.type for op in f.get_concrete_function(x, t).graph.get_operations()}
+      y, grads = f(x, t)
+    return y.numpy(), [g.numpy() for g in grads], ops_used
+
+  y_w, g_w, ops_w = run(True)
+  y_d, g_d, ops_d = run(False)
+  assert 'DiffusionWinogradInput' in ops_w and 'DiffusionWinogradInput' not in ops_d
+  rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
+  assert rel(y_w, y_d) < 1e-4, rel(y_w, y_d)
+  assert rel(np.concatenate([g.ravel() for g in g_w]), np.concatenate([g.ravel() for g in g_d])) < 1e-4
+  # Per variable, except those whose gradient is zero in exact arithmetic and ~1e-8 rounding
+  # noise here (biases right before a one-channel-per-group GroupNorm, attention k biases).
+  scale = max(np.linalg.norm(g) for g in g_d)
+  errors = {i: rel(a, b) for i, (a, b) in enumerate(zip(g_w, g_d)) if np.linalg.norm(b) > 1e-5 * scale}
+  assert len(errors) > len(g_d) // 2 and max(errors.values()) < 1e-3, max(errors.values())
