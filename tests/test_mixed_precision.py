@@ -265,6 +265,17 @@ def test_fused_kernel_off_by_environment_and_on_compile_failure(tmp_path, monkey
   assert not list(tmp_path.rglob('*.so'))  # no half-written library left in the cache
 
 
+def test_fused_kernel_library_is_named_by_sources_compiler_and_cpu(monkeypatch):
+  """A cache shared by machines with different CPUs (-march=native builds) or compilers
+  never hands one of them a library built for the other."""
+  monkeypatch.setattr(ops, '_cpu_flags', lambda: {'sse2', 'avx2', 'avx512f'})
+  name = ops.library_name('g++')
+  assert name == ops.library_name('g++') and name.startswith('kernels_') and name.endswith('.so')
+  assert ops.library_name('clang++') != name
+  monkeypatch.setattr(ops, '_cpu_flags', lambda: {'sse2', 'avx2'})
+  assert ops.library_name('g++') != name
+
+
 _LOAD_KERNEL = ('from diffusion_tf import ops; lib = ops.fused_lib(); '
                 'print("LOADED" if lib is not None else "NOT LOADED")')
 

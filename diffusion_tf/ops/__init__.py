@@ -65,14 +65,22 @@ def _compile_command(cxx, out):
            *tf.sysconfig.get_link_flags()])
 
 
-def _build(cxx):
-  """Compiles the kernel into the cache (atomically) unless it is there; returns its path."""
+def library_name(cxx):
+  """File name of the built library: a hash of what it is built from and for."""
   key = hashlib.sha256()
   for source in _SOURCES + _HEADERS:
     key.update(source.read_bytes())
   key.update(' '.join(_compile_command(cxx, 'OUT')).encode())
   key.update(tf.__version__.encode())
-  name = f'kernels_{key.hexdigest()[:16]}.so'
+  # -march=native code may not run on another CPU sharing this cache (e.g. a network home
+  # directory on a cluster): a CPU with other instruction sets gets its own build.
+  key.update(' '.join(sorted(_cpu_flags())).encode())
+  return f'kernels_{key.hexdigest()[:16]}.so'
+
+
+def _build(cxx):
+  """Compiles the kernel into the cache (atomically) unless it is there; returns its path."""
+  name = library_name(cxx)
   target = cache_dir() / name
   if target.exists():
     return target
