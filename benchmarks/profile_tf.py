@@ -71,8 +71,7 @@ def main():
   tf_side.setup_threads(a.threads)
   if a.inter:
     tf.config.threading.set_inter_op_parallelism_threads(a.inter)
-  from diffusion_tf import nn
-  with nn.winograd(not a.no_winograd):
+  with tf_side.winograd_scope(not a.no_winograd):
     bench = tf_side.build(a.kind, a.model, a.batch, a.dtype, const=a.const)
     bench.fn.get_concrete_function(*bench.args)  # trace inside the context
   for _ in range(2):

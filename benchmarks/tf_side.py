@@ -5,6 +5,7 @@ path is one `tf.function` with fixed input signatures; tracing counts are record
 the orchestrator can check that nothing retraces after warm-up.
 """
 
+import contextlib
 import os
 import sys
 
@@ -192,6 +193,12 @@ def _maybe_jit(fn, xla):
   return tf.function(fn, jit_compile=True) if xla else tf.function(fn)
 
 
+def winograd_scope(enabled):
+  """`nn.winograd(enabled)`; a no-op for older checkouts, which only have direct convolutions."""
+  from diffusion_tf import nn
+  return nn.winograd(enabled) if hasattr(nn, 'winograd') else contextlib.nullcontext()
+
+
 def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=False,
           direct=False):
   """Returns a `Bench` for kind in forward / train / sample_ddpm / sample_ddim:K.
@@ -201,8 +208,7 @@ def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=Fal
   ``direct``: TF's direct 3x3 convolutions instead of the Winograd ones (`nn.winograd`).
   """
   if direct:
-    from diffusion_tf import nn
-    with nn.winograd(False):
+    with winograd_scope(False):
       bench = build(kind, model, batch, dtype, xla, const)
       bench.fn.get_concrete_function(*bench.args)  # trace now, inside the context
     return bench
@@ -299,8 +305,7 @@ def digits_batches(batch, steps, resolution=32, seed=0):
 def numerics(dtype='bfloat16', steps=20, batch=16, model='cifar32'):
   """Network-output and short-loss-curve differences of ``dtype`` compute (with the default
   fast paths: Winograd 3x3 convolutions in float32) vs float32 with TF's direct convolutions."""
-  from diffusion_tf import nn
-  direct = lambda: nn.winograd(False)  # wraps the reference's calls (and so its traces)
+  direct = lambda: winograd_scope(False)  # wraps the reference's calls (and so its traces)
   res = CONFIGS[model]['resolution']
   out = {}
   ref = make_net(model, dtype='float32', dropout=0.0, seed=3)
