@@ -1,0 +1,144 @@
+"""The docs cannot rot: every command in README.md and docs/*.md that runs one of our scripts
+must be accepted by that script (fire parses the flags against the command's signature; nothing
+runs), and every Python block marked ``<!-- runnable -->`` runs against a tiny configuration."""
+
+import ast
+import functools
+import inspect
+import re
+import shlex
+from pathlib import Path
+
+import fire
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
+RUNNABLE_MARK = '<!-- runnable -->'
+
+
+def fenced_blocks(path):
+  """(language, first line number, text, preceded by the runnable mark) of each fenced block."""
+  lines = path.read_text().splitlines()
+  blocks, i = [], 0
+  while i < len(lines):
+    m = re.match(r'^\s*```(\w*)\s*$', lines[i])
+    if not m:
+      i += 1
+      continue
+    start, lang = i + 1, m.group(1)
+    j = start
+    while j < len(lines) and not re.match(r'^\s*```\s*$', lines[j]):
+      j += 1
+    previous = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), '')
+    blocks.append((lang, start + 1, '\n'.join(lines[start:j]), previous == RUNNABLE_MARK))
+    i = j + 1
+  return blocks
+
+
+def shell_commands(text):
+  """The simple commands of a shell block: continuations joined, comments dropped, split at
+  ``&&``, ``||``, ``;`` and ``|``."""
+  joined = re.sub(r'\\\n\s*', ' ', text)
+  for line in joined.splitlines():
+    try:
+      tokens = shlex.split(line, comments=True)
+    except ValueError:
+      continue
+    command = []
+    for tok in tokens + [';']:
+      if tok in ('&&', '||', ';', '|'):
+        if command:
+          yield command
+        command = []
+      else:
+        command.append(tok)
+
+
+def script_invocations():
+  """(doc file:line, script path, argv after the script) of every documented script call."""
+  found = []
+  for path in DOC_FILES:
+    for lang, line, text, _ in fenced_blocks(path):
+      if lang not in ('bash', 'sh', 'shell', 'console', ''):
+        continue
+      for command in shell_commands(text):
+        for k, tok in enumerate(command):
+          if re.fullmatch(r'(\./)?scripts/\w+\.py', tok):
+            found.append((f'{path.name}:{line}', ROOT / tok.lstrip('./'), command[k + 1:]))
+            break
+  return found
+
+
+@functools.lru_cache(maxsize=None)
+def script_commands(script):
+  """{command name: function} as the script's ``__main__`` block hands them to fire (a dict
+  literal of names), read from its source without running it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f'_doc_{script.stem}', script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  tree = ast.parse(script.read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Dict) and node.keys and all(
+        isinstance(k, ast.Constant) and isinstance(v, ast.Name) for k, v in zip(node.keys, node.values)):
+      return {k.value: getattr(module, v.id) for k, v in zip(node.keys, node.values)}
+  for node in ast.walk(tree):  # fire.Fire(fn) / main(fn): a single command
+    if isinstance(node, ast.Call) and len(node.args) == 1 and isinstance(node.args[0], ast.Name):
+      fn = getattr(module, node.args[0].id, None)
+      if callable(fn):
+        return {None: fn}
+  raise AssertionError(f'{script}: no command table found in its __main__ block')
+
+
+def _substitute_env(argv):
+  # $VARS in the docs stand for user values: give fire a placeholder string.
+  return [re.sub(r'\$\{?(\w+)\}?', lambda m: m.group(1).lower(), a) for a in argv]
+
+
+def check_accepted(script, argv):
+  """Raises AssertionError unless fire would call one of the script's commands with argv."""
+  commands = script_commands(script)
+  if None in commands:
+    name, fn, rest = None, commands[None], argv
+  else:
+    assert argv and argv[0] in commands, (
+        f'{script.name}: no command {argv[:1]}; it has {sorted(commands)}')
+    name, fn, rest = argv[0], commands[argv[0]], argv[1:]
+  calls = []
+
+  def stub(*args, **kwargs):
+    calls.append((args, kwargs))
+
+  stub.__signature__ = inspect.signature(fn)
+  try:
+    fire.Fire(stub, command=_substitute_env(rest), name=f'{script.name} {name or ""}')
+  except fire.core.FireExit as e:
+    raise AssertionError(f'{script.name} {name}: fire refused {rest} (exit {e.code})') from None
+  assert calls, f'{script.name} {name}: fire did not call the command with {rest}'
+
+
+INVOCATIONS = script_invocations()
+
+
+def test_docs_show_script_commands():
+  # The README's quick start alone has one; a parser that finds nothing is broken.
+  scripts = {s.name for _, s, _ in INVOCATIONS}
+  assert {'run_digits.py', 'run_cifar.py', 'run_celebahq.py', 'run_lsun.py'} <= scripts, scripts
+
+
+@pytest.mark.parametrize('where,script,argv', INVOCATIONS,
+                         ids=[f'{w}:{s.name}:{" ".join(a[:1])}' for w, s, a in INVOCATIONS])
+def test_documented_command_is_accepted(where, script, argv):
+  assert script.exists(), f'{where}: {script} does not exist'
+  check_accepted(script, argv)
+
+
+def test_renamed_flag_is_caught():
+  # The check itself must fail on a flag the command does not have.
+  script = ROOT / 'scripts' / 'run_digits.py'
+  check_accepted(script, ['train', '--max_steps', '3'])
+  with pytest.raises(AssertionError, match='fire refused'):
+    check_accepted(script, ['train', '--max_stepz', '3'])
+  with pytest.raises(AssertionError, match='no command'):
+    check_accepted(script, ['trian'])
