@@ -9,12 +9,17 @@ They are built into one library on first use against the installed TensorFlow's 
 the flags, and loaded with ``tf.load_op_library``. Anything that goes wrong (no
 compiler, a compile or load error) gives one warning and `fused_lib` returns
 None: callers then use the plain TensorFlow ops, which compute the same thing.
-``DIFFUSION_TF_FUSED_OPS=0`` turns the kernels off.
+``DIFFUSION_TF_FUSED_OPS=0`` turns the kernels off. ``DIFFUSION_TF_KERNEL_ARCH`` picks the
+instruction set they are compiled for: ``native`` (default, ``-march=native``: this CPU),
+``x86-64-v3`` (AVX2 + FMA, as on most x86 machines of the last decade) or any other
+``-march`` value of the compiler; it is part of the library's file name.
 """
 
 import hashlib
 import logging
 import os
+import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +31,7 @@ import tensorflow as tf
 
 ENV_SWITCH = 'DIFFUSION_TF_FUSED_OPS'
 ENV_CACHE = 'DIFFUSION_TF_CACHE'
+ENV_ARCH = 'DIFFUSION_TF_KERNEL_ARCH'
 _SOURCES = [Path(__file__).with_name(n) for n in ('group_norm_op.cc', 'adam_ema_op.cc', 'winograd_op.cc')]
 _HEADERS = [Path(__file__).with_name('kernel_common.h')]
 _COMPILE_TIMEOUT_S = 600
@@ -43,26 +49,50 @@ def cache_dir():
 
 
 def _cpu_flags():
+  """The CPU's instruction-set flags: /proc/cpuinfo's 'flags' (x86) or 'Features' (ARM)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('flags'):
+        if line.startswith(('flags', 'Features')):
           return set(line.split(':', 1)[1].split())
   except OSError:
     pass
   return set()
 
 
+class KernelArchError(ValueError):
+  """DIFFUSION_TF_KERNEL_ARCH names no instruction set the compiler knows: a user error,
+  raised rather than silently falling back to the plain TF ops."""
+
+
+def kernel_arch():
+  """The ``-march`` value the kernels are built for (``DIFFUSION_TF_KERNEL_ARCH``)."""
+  arch = os.environ.get(ENV_ARCH, '').strip() or 'native'
+  # Goes into a compiler argument and a file name: one word such as 'x86-64-v3', 'znver3',
+  # 'armv8.2-a+fp16'.
+  if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.+-]*', arch):
+    raise KernelArchError(
+        f'{ENV_ARCH}={arch!r}: expected native (this CPU, the default), x86-64-v3 (AVX2 + '
+        f'FMA) or another -march value of the C++ compiler (letters, digits, . _ + -)')
+  return arch
+
+
 def _compile_command(cxx, out):
-  arch = ['-march=native']
+  arch = kernel_arch()
+  flags = [f'-march={arch}']
   # Eigen's AVX512-FP16 packet code does not compile with GCC 12; TF itself is not built
   # with it, so leave it off (float16 tensors are converted to float32 row by row anyway).
-  if 'avx512_fp16' in _cpu_flags():
-    arch.append('-mno-avx512fp16')
+  # Only -march=native on such an x86 CPU turns it on.
+  if arch == 'native' and _is_x86() and 'avx512_fp16' in _cpu_flags():
+    flags.append('-mno-avx512fp16')
   # No FMA contraction: the Adam kernel then rounds exactly like TF's own optimizer kernels.
-  return ([cxx, '-shared', '-fPIC', '-O3', '-w', '-ffp-contract=off', *arch,
+  return ([cxx, '-shared', '-fPIC', '-O3', '-w', '-ffp-contract=off', *flags,
            *tf.sysconfig.get_compile_flags(), *map(str, _SOURCES), '-o', str(out),
            *tf.sysconfig.get_link_flags()])
+
+
+def _is_x86():
+  return platform.machine().lower() in ('x86_64', 'amd64', 'i686', 'i386')
 
 
 def library_name(cxx):
@@ -72,10 +102,13 @@ def library_name(cxx):
     key.update(source.read_bytes())
   key.update(' '.join(_compile_command(cxx, 'OUT')).encode())
   key.update(tf.__version__.encode())
-  # -march=native code may not run on another CPU sharing this cache (e.g. a network home
-  # directory on a cluster): a CPU with other instruction sets gets its own build.
-  key.update(' '.join(sorted(_cpu_flags())).encode())
-  return f'kernels_{key.hexdigest()[:16]}.so'
+  arch = kernel_arch()
+  if arch == 'native':
+    # -march=native code may not run on another CPU sharing this cache (e.g. a network home
+    # directory on a cluster): a CPU with other instruction sets gets its own build. A named
+    # arch builds the same code on every CPU, so the CPU's flags are not part of its key.
+    key.update(' '.join(sorted(_cpu_flags())).encode())
+  return f'kernels_{arch}_{key.hexdigest()[:16]}.so'
 
 
 def _build(cxx):
@@ -101,6 +134,9 @@ def _build(cxx):
   try:
     proc = subprocess.run(_compile_command(cxx, tmp), capture_output=True, text=True,
                           timeout=_COMPILE_TIMEOUT_S)
+    if proc.returncode and kernel_arch() != 'native' and '-march' in proc.stderr:
+      raise KernelArchError(f'{ENV_ARCH}={kernel_arch()}: {cxx} does not build for it:\n' +
+                            proc.stderr[-2000:])
     if proc.returncode:
       raise RuntimeError(f'{cxx} exited with {proc.returncode}:\n' + proc.stderr[-2000:])
     os.replace(tmp, target)  # concurrent builders (e.g. two workers) each replace atomically
@@ -131,6 +167,8 @@ def _load():
     return None
   try:
     return tf.load_op_library(str(_build(cxx)))
+  except KernelArchError:
+    raise
   except Exception as e:  # any failure means: fall back, say why once
     warnings.warn(f'diffusion_tf: the fused CPU kernels are unavailable, using the plain '
                   f'TensorFlow ops instead ({type(e).__name__}: {e})')
