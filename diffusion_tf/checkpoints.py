@@ -11,6 +11,7 @@ import logging
 
 import tensorflow as tf
 
+from .errors import UserError
 from .models.unet import tf1_name
 
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -18,7 +19,7 @@ EMA_SUFFIX = '/ExponentialMovingAverage'
 _AUX_SUFFIXES = (EMA_SUFFIX, '/Adam', '/Adam_1', '/RMSProp', '/RMSProp_1', '/Momentum')
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """The checkpoint's variables do not match the network's."""
 
 

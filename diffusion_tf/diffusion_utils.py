@@ -12,7 +12,10 @@ from . import nn
 from .diffusion_base import (BETA_SCHEDULES, DiffusionTables, get_beta_schedule, noise_like,
                              normal_kl, timestep_loop)
 
-__all__ = ['GaussianDiffusion', 'get_beta_schedule', 'normal_kl', 'noise_like', 'BETA_SCHEDULES']
+__all__ = ['GaussianDiffusion', 'get_beta_schedule', 'normal_kl', 'noise_like', 'BETA_SCHEDULES',
+           'LOSS_TYPES']
+
+LOSS_TYPES = ('noisepred',)  # the only loss of v1 diffusion
 
 
 class GaussianDiffusion(DiffusionTables):
@@ -33,7 +36,7 @@ class GaussianDiffusion(DiffusionTables):
     return self._predict_xstart_from_eps(x_t, t, noise)
 
   def _check_loss_type(self):
-    if self.loss_type != 'noisepred':
+    if self.loss_type not in LOSS_TYPES:
       raise NotImplementedError(f"loss_type={self.loss_type!r}: v1 diffusion supports only 'noisepred'")
 
   def p_losses(self, denoise_fn, x_start, t, noise=None):

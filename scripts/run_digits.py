@@ -12,9 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fire  # noqa: E402
-
-from diffusion_tf import runners, sampling, utils  # noqa: E402
+from diffusion_tf import cli, runners, sampling, utils  # noqa: E402
 from diffusion_tf.tpu_utils import digits_classifier, tpu_utils  # noqa: E402
 
 
@@ -84,4 +82,4 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
 
 
 if __name__ == '__main__':
-  fire.Fire({'train': train, 'sample': sample, 'evaluation': evaluation})
+  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation})

@@ -16,9 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fire  # noqa: E402
-
-from diffusion_tf import runners  # noqa: E402
+from diffusion_tf import cli, runners  # noqa: E402
 
 
 def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='unet2d16b2c112244',
@@ -67,4 +65,4 @@ def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='dd
 
 
 if __name__ == '__main__':
-  fire.Fire({'train': train, 'sample': sample, 'evaluation': evaluation})
+  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation})

@@ -279,6 +279,8 @@ class ImageFolderDataset:
 
 DIGITS_NUM_IMAGES = 1797
 DIGITS_NUM_EVAL = 180  # the last 10%
+DIGITS_MIN_RESOLUTION = 8  # the images' own size: never downsampled
+DIGITS_CHANNELS = (1, 3)  # grey, or RGB with three equal channels
 
 
 @functools.lru_cache(maxsize=4)
@@ -297,9 +299,9 @@ def load_digits_array(resolution=32, channels=3):
   """The scikit-learn digits as uint8 [1797, resolution, resolution, channels]: grey (1) or
   three equal channels (3)."""
   resolution = int(resolution)
-  if resolution < 8:
-    raise ValueError(f'digits resolution must be >= 8, got {resolution}')
-  if channels not in (1, 3):
+  if resolution < DIGITS_MIN_RESOLUTION:
+    raise ValueError(f'digits resolution must be >= {DIGITS_MIN_RESOLUTION}, got {resolution}')
+  if channels not in DIGITS_CHANNELS:
     raise ValueError(f'digits channels must be 1 (grey) or 3 (RGB, three equal channels), '
                      f'got {channels!r}')
   return _digits_array(resolution, int(channels)).copy()

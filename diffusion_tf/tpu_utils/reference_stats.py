@@ -21,6 +21,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
+from diffusion_tf.errors import UserError
 from diffusion_tf.tpu_utils import classifier_metrics_numpy
 from diffusion_tf.tpu_utils import inception
 
@@ -28,7 +29,7 @@ FORMAT_VERSION = 1
 _REQUIRED_KEYS = ('mu', 'sigma', 'count', 'inception_score', 'extractor', 'format_version')
 
 
-class ReferenceStatsMismatch(ValueError):
+class ReferenceStatsMismatch(UserError, ValueError):
   """A cached stats file was made with a different extractor or image count."""
 
 

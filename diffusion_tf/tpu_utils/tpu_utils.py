@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from .. import checkpoints, nn, utils
 from ..checkpoints import EMA_SUFFIX, resolve_checkpoint
+from ..errors import UserError
 from ..models.unet import tf1_name
 
 CLIP_MODES = ('global', 'per_replica')
@@ -361,7 +362,7 @@ def with_older_defaults(recorded, keys):
   return dict(older, **recorded)
 
 
-class KwargsMismatchError(ValueError):
+class KwargsMismatchError(UserError, ValueError):
   pass
 
 
@@ -369,7 +370,7 @@ def load_train_kwargs(model_dir):
   return utils.read_json(os.path.join(model_dir, 'kwargs.json'))
 
 
-class RunDirectoryBusyError(RuntimeError):
+class RunDirectoryBusyError(UserError, RuntimeError):
   pass
 
 

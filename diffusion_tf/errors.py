@@ -1,0 +1,15 @@
+"""Errors a user causes (a bad flag, a missing or damaged file, a refused setting): the
+scripts report them as one line and exit with status 2 (`cli.main`); every other exception
+is ours and keeps its traceback."""
+
+
+class UserError(Exception):
+  """Caused by the user's input or files; the message says what was expected and what to do."""
+
+
+class FlagError(UserError, ValueError):
+  """A flag's value is out of its type, range or allowed set."""
+
+
+class DamagedCheckpointError(UserError, ValueError):
+  """A checkpoint's files are incomplete or unreadable."""
