@@ -19,6 +19,8 @@ setup(
         'fire>=0.5',
         'tqdm>=4.60',
         'scikit-learn>=1.2',  # ships the built-in 8x8 digits data set
+        'safetensors>=0.4',  # diffusers-format weights
+        'huggingface_hub>=0.20',  # Hub models (pipelines.from_pretrained)
     ],
     extras_require={
         'test': ['pytest>=7', 'pytest-timeout>=2'],

@@ -453,19 +453,22 @@ class GroupNorm(tf.Module):
 
 # ----------------------------------------------------------------------------- embedding
 
-def get_timestep_embedding(timesteps, embedding_dim):
+def get_timestep_embedding(timesteps, embedding_dim, *, flip_sin_to_cos=False, freq_shift=1):
   """Sinusoidal timestep embedding (Fairseq / tensor2tensor), as in the original.
 
   timesteps: int [B]. Returns float32 [B, embedding_dim]: ``sin`` half first, then
   ``cos``; frequencies ``exp(-k ln(10000) / (half - 1))`` (note ``half - 1``); one
   zero column appended when ``embedding_dim`` is odd.
+  ``flip_sin_to_cos`` (cos half first) and ``freq_shift`` (``half - freq_shift``) are
+  diffusers' ``Timesteps`` options; the defaults are the original's.
   """
   assert len(timesteps.shape) == 1
   half_dim = embedding_dim // 2
-  emb = math.log(10000) / (half_dim - 1)
+  emb = math.log(10000) / (half_dim - freq_shift)
   emb = tf.exp(tf.range(half_dim, dtype=DEFAULT_DTYPE) * -emb)
   emb = tf.cast(timesteps, dtype=DEFAULT_DTYPE)[:, None] * emb[None, :]
-  emb = tf.concat([tf.sin(emb), tf.cos(emb)], axis=1)
+  halves = [tf.cos(emb), tf.sin(emb)] if flip_sin_to_cos else [tf.sin(emb), tf.cos(emb)]
+  emb = tf.concat(halves, axis=1)
   if embedding_dim % 2 == 1:
     emb = tf.pad(emb, [[0, 0], [0, 1]])
   return emb

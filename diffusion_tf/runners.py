@@ -363,33 +363,34 @@ def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None):
   return kw, ds
 
 
-def make_eval_extractor(inception_graph=None, *, allow_stand_in=False):
-  """The Inception network (``inception_graph``: a .pb / .tar.gz path, else located or
-  downloaded as `inception.locate_inception_graph` does).
+FEATURES = ('inception', 'digits')
 
-  With ``allow_stand_in`` (the built-in digits set) and no graph given or present locally,
-  nothing is downloaded and the random-projection stand-in extractor is used instead.
+
+def make_eval_extractor(inception_graph=None, *, features='inception'):
+  """The feature network of FID / IS: ``features='inception'``, the Inception network
+  (``inception_graph``: a .pb / .tar.gz path, else located or downloaded as
+  `inception.locate_inception_graph` does), or ``'digits'``, the digits classifier of
+  `digits_features` (the built-in data set's default; says so when loaded).
   """
-  from .tpu_utils import inception
-  if inception_graph or not allow_stand_in:
+  from .tpu_utils import digits_features, inception
+  if features not in FEATURES:
+    raise ValueError(f'--features must be one of {FEATURES}, got {features!r}')
+  if features == 'inception':
     return inception.make_inception_extractor(inception_graph)
-  try:
-    pb = inception.locate_inception_graph(download=False)
-  except inception.InceptionGraphNotFound:
-    extractor = inception.make_random_projection_extractor()
-    print(f'No Inception graph given (--inception_graph) or found locally: using the '
-          f'random-projection stand-in feature extractor ({extractor.name}) for the digits set. '
-          f'Its FID / IS are only comparable with each other, not with Inception-based numbers.',
-          flush=True)
-    return extractor
-  return inception.load_inception_graph(pb)
+  if inception_graph:
+    raise ValueError('--inception_graph is only used with --features inception')
+  extractor = digits_features.load_extractor()
+  print(f'Features: the digits classifier {extractor.name} ({digits_features.WEIGHTS}): FID '
+        f'measures how digit-like the samples are, IS (at most 10) how many digits they '
+        f'show; neither compares with Inception-based numbers.', flush=True)
+  return extractor
 
 
 def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu_name=None,
                bucket_name_prefix=None, region=None, data_paths=None, once=False,
                dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None,
-               seed=0, stats_cache_dir=None, allow_stand_in_extractor=False, poll_interval=60,
+               seed=0, stats_cache_dir=None, features='inception', poll_interval=60,
                timeout=None):
   """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
 
@@ -402,7 +403,7 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
   kw = read_run_kwargs(model_dir, defaults)
   extractor = None
   if not dump_samples_only:
-    extractor = make_eval_extractor(inception_graph, allow_stand_in=allow_stand_in_extractor)
+    extractor = make_eval_extractor(inception_graph, features=features)
   kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
                         data_paths=data_paths)
   strategy = tpu_utils.resolve_strategy(tpu_name)

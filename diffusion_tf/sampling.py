@@ -6,6 +6,11 @@
   betas are ``1 - ac[tau_i] / ac[tau_{i-1}]`` over the kept timesteps ``tau``.
 * ``ddim``: Song et al. 2021; ``eta=0`` is deterministic given x_T, ``eta=1`` with all
   steps is the ancestral sampler with the posterior variance.
+* ``pndm``, ``dpmsolver++`` (``--order`` 1-3), ``unipc`` (``--order`` 1-3): diffusers'
+  schedulers of those names, in `solvers` (re-exported here).
+
+Network evaluations per sample for ``--steps N``: ddpm, ddim, dpmsolver++, unipc: N;
+pndm: N + 9 (N + 1 with ``skip_prk_steps``).
 """
 
 import math
@@ -18,9 +23,17 @@ from . import nn, utils
 from .diffusion_base import timestep_loop
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
+from .solvers import (DIFFUSERS_SPACINGS, SOLVER_ORDERS, diffusers_timesteps,  # noqa: F401
+                      dpm_solver_sample_loop, dynamic_threshold, model_eps_and_x0,
+                      pndm_sample_loop, unipc_sample_loop)
 
-SAMPLERS = ('ddpm', 'ddim')
+SAMPLERS = ('ddpm', 'ddim', 'pndm', 'dpmsolver++', 'unipc')
 SPACINGS = ('uniform', 'quad')
+# Samplers taking --order, with their default; the others refuse an --order.
+DEFAULT_ORDERS = {'dpmsolver++': 2, 'unipc': 2}
+# The diffusers samplers place their steps as diffusers does; 'uniform' (our default) stands
+# for the diffusers scheduler's own default spacing.
+DIFFUSERS_DEFAULT_SPACING = {'pndm': 'leading', 'dpmsolver++': 'linspace', 'unipc': 'linspace'}
 
 
 def timestep_sequence(num_timesteps, steps, spacing='uniform'):
@@ -113,19 +126,49 @@ def ddim_sample_loop(diffusion, denoise_fn, *, shape, timesteps=None, eta=0.,
   eta=1 over all steps reproduces posterior-variance ancestral sampling exactly.
   """
   timesteps = np.arange(diffusion.num_timesteps) if timesteps is None else np.asarray(timesteps)
+  ac = diffusion.alphas_cumprod[timesteps]
+  return _ddim_run(diffusion, denoise_fn, shape=shape, timesteps=timesteps, ac=ac,
+                   ac_prev=np.append(1., ac[:-1]), eta=eta, noise_fn=noise_fn,
+                   clip_denoised=clip_denoised, recompute_eps=True, x_T=x_T)
+
+
+def diffusers_ddim_sample_loop(diffusion, denoise_fn, *, shape, steps, spacing='leading',
+                               steps_offset=0, set_alpha_to_one=True, clip_sample=True, eta=0.,
+                               use_clipped_model_output=False, x_T=None, noise_fn=tf.random.normal):
+  """DDIM as diffusers' ``DDIMScheduler`` + ``DDIMPipeline`` (defaults are theirs):
+  timesteps `diffusers_timesteps` (decreasing), each step going to ``t - T // steps`` (below 0:
+  alpha_cumprod 1 with ``set_alpha_to_one``, else alpha_cumprod[0]); x0 clipped to [-1, 1] with
+  ``clip_sample`` and the raw eps kept unless ``use_clipped_model_output``. ``steps`` network
+  evaluations; deterministic given ``x_T`` when ``eta == 0``. Returns [B, H, W, C].
+  """
+  T = diffusion.num_timesteps
+  dec = diffusers_timesteps(T, steps, spacing, steps_offset, scheduler='ddim')
+  prev = dec - T // int(steps)
+  final = 1. if set_alpha_to_one else diffusion.alphas_cumprod[0]
+  ac_prev = np.where(prev >= 0, diffusion.alphas_cumprod[np.maximum(prev, 0)], final)
+  inc = slice(None, None, -1)  # the loop runs over increasing timesteps, from the end
+  return _ddim_run(diffusion, denoise_fn, shape=shape, timesteps=dec[inc],
+                   ac=diffusion.alphas_cumprod[dec][inc], ac_prev=ac_prev[inc], eta=eta,
+                   noise_fn=noise_fn, clip_denoised=clip_sample,
+                   recompute_eps=use_clipped_model_output, x_T=x_T)
+
+
+def _ddim_run(diffusion, denoise_fn, *, shape, timesteps, ac, ac_prev, eta, noise_fn, clip_denoised,
+              recompute_eps, x_T):
   shape = tuple(shape)
   if x_T is None:
     x_T = noise_fn(shape=shape, dtype=tf.float32)
+  floats = lambda a: tuple(float(v) for v in a)
   return diffusion._run_compiled(
-      _ddim_impl, (diffusion, denoise_fn, shape, tuple(int(s) for s in timesteps), float(eta),
-                   noise_fn, clip_denoised),
+      _ddim_impl, (diffusion, denoise_fn, shape, tuple(int(s) for s in timesteps), floats(ac),
+                   floats(ac_prev), float(eta), noise_fn, clip_denoised, recompute_eps),
       (tf.convert_to_tensor(x_T, tf.float32),))
 
 
-def _ddim_impl(diffusion, denoise_fn, shape, timesteps, eta, noise_fn, clip_denoised, x_T):
+def _ddim_impl(diffusion, denoise_fn, shape, timesteps, ac, ac_prev, eta, noise_fn, clip_denoised,
+               recompute_eps, x_T):
   seq = np.asarray(timesteps, np.int64)
-  ac = diffusion.alphas_cumprod[seq]
-  ac_prev = np.append(1., ac[:-1])
+  ac, ac_prev = np.asarray(ac), np.asarray(ac_prev)
   sigma = eta * np.sqrt((1. - ac_prev) / (1. - ac) * (1. - ac / ac_prev))
   consts = {k: tf.constant(v, tf.float32) for k, v in dict(
       ac=ac, ac_prev=ac_prev, sigma=sigma, sqrt_ac=np.sqrt(ac), sqrt_1m_ac=np.sqrt(1. - ac),
@@ -137,8 +180,12 @@ def _ddim_impl(diffusion, denoise_fn, shape, timesteps, eta, noise_fn, clip_deno
   def body(i, x):
     g = lambda name: tf.gather(consts[name], i)
     t = tf.fill([B], tf.gather(seq_t, i))
-    x0 = _pred_xstart(diffusion, denoise_fn, x, t, clip_denoised)
-    eps = (x - g('sqrt_ac') * x0) / g('sqrt_1m_ac')
+    if recompute_eps:
+      x0 = _pred_xstart(diffusion, denoise_fn, x, t, clip_denoised)
+      eps = (x - g('sqrt_ac') * x0) / g('sqrt_1m_ac')
+    else:
+      eps, x0 = model_eps_and_x0(diffusion, denoise_fn, x, t)
+      x0 = tf.clip_by_value(x0, -1., 1.) if clip_denoised else x0
     x_prev = g('sqrt_ac_prev') * x0 + g('dir_coef') * eps
     if eta > 0:
       x_prev += g('sigma') * noise_fn(shape=shape, dtype=x.dtype)
@@ -153,6 +200,28 @@ def _ddim_impl(diffusion, denoise_fn, shape, timesteps, eta, noise_fn, clip_deno
 def batch_seed(seed, index):
   """The noise seed of batch (or shard) ``index`` of a run seeded with ``seed``."""
   return (int(seed) * 100003 + int(index)) % (2 ** 63 - 1)
+
+
+DEFAULT_STEPS = {'pndm': 50, 'dpmsolver++': 20, 'unipc': 20}
+
+
+def _check_order(sampler, order):
+  """The solver order of ``sampler`` (its default for None); an error for a bad one."""
+  if sampler not in DEFAULT_ORDERS:
+    if order is not None:
+      raise ValueError(f'--order applies to --sampler {" or ".join(DEFAULT_ORDERS)}, not {sampler}')
+    return None
+  if order is None:
+    return DEFAULT_ORDERS[sampler]
+  if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in SOLVER_ORDERS:
+    raise ValueError(f'--order for --sampler {sampler} must be one of {SOLVER_ORDERS}, got {order!r}')
+  return int(order)
+
+
+def _check_steps(steps, T):
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+    raise ValueError(f'--steps must be an integer between 1 and the {T} diffusion steps, got {steps!r}')
+  return int(steps)
 
 
 class Sampler:
@@ -170,15 +239,24 @@ class Sampler:
   checkpoint restore.
   """
 
-  def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', strategy=None,
-               constant_weights=False):
+  def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None,
+               skip_prk_steps=False, strategy=None, constant_weights=False):
     if sampler not in SAMPLERS:
       raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
     self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
     self.diffusion = model.diffusion
     T = self.diffusion.num_timesteps
-    self.steps = None if steps in (None, T) else int(steps)
-    self.timesteps = timestep_sequence(T, self.steps, spacing)  # validates before any work
+    self.order, self.skip_prk_steps = _check_order(sampler, order), bool(skip_prk_steps)
+    if sampler in DIFFUSERS_DEFAULT_SPACING:
+      self.steps = DEFAULT_STEPS[sampler] if steps is None else _check_steps(steps, T)
+      if spacing == 'uniform':
+        self.spacing = DIFFUSERS_DEFAULT_SPACING[sampler]
+      elif spacing not in DIFFUSERS_SPACINGS:
+        raise ValueError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
+                         f'(or uniform: {DIFFUSERS_DEFAULT_SPACING[sampler]}), got {spacing!r}')
+    else:
+      self.steps = None if steps in (None, T) else _check_steps(steps, T)
+    self.timesteps = self._evaluation_timesteps()  # validates before any work
     self.strategy = strategy or tf.distribute.get_strategy()
     with self.strategy.scope():
       self._gen = tf.random.Generator.from_seed(0)
@@ -188,9 +266,26 @@ class Sampler:
     self.constant_weights = constant_weights
     self._frozen = {}  # batch size -> loop compiled with constant weights
 
+  def _evaluation_timesteps(self):
+    T = self.diffusion.num_timesteps
+    if self.sampler in ('ddpm', 'ddim'):
+      return timestep_sequence(T, self.steps, self.spacing)
+    if self.sampler == 'pndm':
+      return diffusers_timesteps(T, self.steps, self.spacing, scheduler='pndm',
+                                 skip_prk_steps=self.skip_prk_steps)
+    return diffusers_timesteps(T, self.steps, self.spacing, scheduler=self.sampler)
+
+  @property
+  def num_evaluations(self):
+    """Network evaluations per sample."""
+    return len(self.timesteps)
+
   def describe(self):
     T = self.diffusion.num_timesteps
     s = f'{self.sampler} with {self.steps or T} of {T} steps'
+    if self.sampler in DIFFUSERS_DEFAULT_SPACING:
+      return (s + f' ({self.spacing} spacing' + (f', order {self.order}' if self.order else '')
+              + f', {self.num_evaluations} network evaluations)')
     if self.steps:
       s += f' ({self.spacing} spacing)'
     return s + (f', eta={self.eta}' if self.sampler == 'ddim' else '')
@@ -211,6 +306,14 @@ class Sampler:
 
   def _sample_loop(self, batch_size):
     shape = (batch_size, *self.model.image_shape)
+    if self.sampler == 'pndm':
+      return pndm_sample_loop(self.diffusion, self.model.denoise, shape=shape, steps=self.steps,
+                              skip_prk_steps=self.skip_prk_steps, spacing=self.spacing,
+                              noise_fn=self.noise)
+    if self.sampler in DEFAULT_ORDERS:
+      loop = dpm_solver_sample_loop if self.sampler == 'dpmsolver++' else unipc_sample_loop
+      return loop(self.diffusion, self.model.denoise, shape=shape, steps=self.steps,
+                  order=self.order, spacing=self.spacing, noise_fn=self.noise)
     if self.sampler == 'ddim':
       return ddim_sample_loop(self.diffusion, self.model.denoise, shape=shape,
                               timesteps=self.timesteps, eta=self.eta, noise_fn=self.noise)
@@ -226,11 +329,11 @@ class Sampler:
 
 
 def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=None, eta=0.,
-                     spacing='uniform', seed=0, log_fn=utils.log):
+                     spacing='uniform', order=None, seed=0, log_fn=utils.log):
   """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress.
   Batch i uses noise seed ``batch_seed(seed, i)``, so a seed fixes the samples."""
   # One Sampler per call, so the weights cannot change under its constant-weight loop.
-  draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+  draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                  constant_weights=True)
   out, t0 = [], time.time()
   num_batches = math.ceil(num_samples / batch_size)

@@ -329,14 +329,14 @@ def test_evaluation_command_offline_fails_with_documented_message(run_dir, offli
   assert set(os.listdir(run_dir)) == before  # failed before any evaluation output
 
 
-def test_digits_evaluation_command_uses_stand_in(run_dir, stats_dir, offline, capsys):
+def test_digits_evaluation_command_uses_digits_features(run_dir, stats_dir, offline, capsys):
   from scripts import run_digits
   _, attempts = offline
   N = 60
   assert run_digits.evaluation(run_dir, once=True, total_bs=50, num_inception_samples=N,
                                sampler='ddim', steps=5, stats_cache_dir=stats_dir) is None
   out = capsys.readouterr().out
-  assert 'random-projection stand-in' in out
+  assert 'Features: the digits classifier' in out
   assert attempts == []  # the digits command never downloads
   once_dirs = glob.glob(os.path.join(run_dir, 'eval_once_*'))
   records = []
@@ -349,7 +349,7 @@ def test_digits_evaluation_command_uses_stand_in(run_dir, stats_dir, offline, ca
   assert len(rec) == 1
   rec = rec[0]
   assert rec['eval_config']['sampler'] == 'ddim' and rec['eval_config']['steps'] == 5
-  assert rec['eval_config']['extractor'].startswith('random_projection')
+  assert rec['eval_config']['extractor'].startswith('digits_cnn_')
   assert np.isfinite(rec[f'samples/trainfid{N}']) and np.isfinite(rec[f'samples/fid{N}'])
 
 

@@ -34,13 +34,14 @@ def nonlinearity(x):
 class ResnetBlock(tf.Module):
   """GroupNorm-swish-conv, + temb projection, GroupNorm-swish-dropout-conv(zero init), + shortcut."""
 
-  def __init__(self, in_ch, out_ch, temb_ch, *, name, dropout, conv_shortcut=False):
+  def __init__(self, in_ch, out_ch, temb_ch, *, name, dropout, conv_shortcut=False, norm=None):
     super().__init__(name=name.replace('/', '_'))
     self.dropout = dropout
-    self.norm1 = nn.GroupNorm(in_ch, name=name + '/norm1')
+    norm = norm or {}  # GroupNorm num_groups / eps
+    self.norm1 = nn.GroupNorm(in_ch, name=name + '/norm1', **norm)
     self.conv1 = nn.Conv2D(in_ch, out_ch, name=name + '/conv1')
     self.temb_proj = nn.Dense(temb_ch, out_ch, name=name + '/temb_proj')
-    self.norm2 = nn.GroupNorm(out_ch, name=name + '/norm2')
+    self.norm2 = nn.GroupNorm(out_ch, name=name + '/norm2', **norm)
     self.conv2 = nn.Conv2D(out_ch, out_ch, name=name + '/conv2', init_scale=0.)
     self.shortcut = None
     if in_ch != out_ch:
@@ -61,11 +62,18 @@ class ResnetBlock(tf.Module):
 
 
 class AttnBlock(tf.Module):
-  """Single-head self-attention over all H*W positions; no swish; residual from the input."""
+  """Self-attention over all H*W positions; no swish; residual from the input.
 
-  def __init__(self, ch, *, name):
+  One head (the original's) unless ``head_dim`` is given: then ``ch // head_dim`` heads,
+  head h on channels [h * head_dim, (h + 1) * head_dim) (diffusers' ``attention_head_dim``).
+  """
+
+  def __init__(self, ch, *, name, head_dim=None, norm=None):
     super().__init__(name=name.replace('/', '_'))
-    self.norm = nn.GroupNorm(ch, name=name + '/norm')
+    if head_dim is not None and (head_dim < 1 or ch % head_dim):
+      raise ValueError(f'AttnBlock {name}: {ch} channels do not split into heads of {head_dim}')
+    self.num_heads = 1 if head_dim is None else ch // head_dim
+    self.norm = nn.GroupNorm(ch, name=name + '/norm', **(norm or {}))
     self.q = nn.NIN(ch, ch, name=name + '/q')
     self.k = nn.NIN(ch, ch, name=name + '/k')
     self.v = nn.NIN(ch, ch, name=name + '/v')
@@ -77,28 +85,42 @@ class AttnBlock(tf.Module):
     # q, k and v as one 1x1 convolution over concatenated kernels (the variables stay
     # separate: q/W, k/W, v/W in checkpoints). The 1/sqrt(C) of the logits is folded
     # into the q kernel and bias (a [C, C] multiply instead of a [B, HW, HW] one).
-    scale = int(C) ** (-0.5)
+    heads = self.num_heads
+    scale = int(C // heads) ** (-0.5)
     read = lambda v: nn.read_weight(v, tf.float32)
     w_qkv = tf.concat([read(self.q.W) * scale, read(self.k.W), read(self.v.W)], axis=1)
     b_qkv = tf.concat([read(self.q.b) * scale, read(self.k.b), read(self.v.b)], axis=0)
     qkv = nn.conv2d_1x1(h, w_qkv, b_qkv)  # [B, H, W, 3C]
-    q, k, v = (tf.reshape(z, [-1, H * W, C]) for z in tf.split(qkv, 3, axis=-1))
+    if heads == 1:
+      q, k, v = (tf.reshape(z, [-1, H * W, C]) for z in tf.split(qkv, 3, axis=-1))
+    else:  # [B, heads, HW, C / heads]
+      q, k, v = (tf.transpose(tf.reshape(z, [-1, H * W, heads, C // heads]), [0, 2, 1, 3])
+                 for z in tf.split(qkv, 3, axis=-1))
     # w[b, i, j] = <q_i, k_j> / sqrt(C), softmax over all key positions j (in float32).
     w = tf.matmul(q, k, transpose_b=True)
     w = tf.cast(tf.nn.softmax(tf.cast(w, tf.float32), axis=-1), x.dtype)
-    h = tf.reshape(tf.matmul(w, v), [-1, H, W, C])
+    h = tf.matmul(w, v)
+    if heads != 1:
+      h = tf.transpose(h, [0, 2, 1, 3])
+    h = tf.reshape(h, [-1, H, W, C])
     # proj_out first: Conv2D + BiasAdd + Add(residual) fuse into one kernel.
     return self.proj_out(h) + x
 
 
 class Downsample(tf.Module):
-  def __init__(self, ch, *, name, with_conv):
+  """Stride-2 3x3 conv (or 2x2 average pool). ``padding`` 0: TF 'SAME', which pads bottom/right
+  only (the original's); 1: one pixel on every side (diffusers' ``downsample_padding=1``)."""
+
+  def __init__(self, ch, *, name, with_conv, padding=0):
     super().__init__(name=name.replace('/', '_'))
-    self.conv = nn.Conv2D(ch, ch, name=name + '/conv', stride=2) if with_conv else None
+    if padding not in (0, 1):
+      raise ValueError(f'Downsample {name}: padding must be 0 or 1, got {padding!r}')
+    pad = 'SAME' if padding == 0 else [[0, 0], [1, 1], [1, 1], [0, 0]]
+    self.conv = nn.Conv2D(ch, ch, name=name + '/conv', stride=2, pad=pad) if with_conv else None
 
   def __call__(self, x):
     if self.conv is not None:
-      return self.conv(x)  # 'SAME' stride 2: pads bottom/right only, as in TF1
+      return self.conv(x)
     return tf.nn.avg_pool2d(x, 2, 2, 'SAME')
 
 
@@ -139,14 +161,35 @@ class UNet(tf.Module):
   dtype, so gradients arrive in float32); GroupNorm (statistics, normalisation and the
   fused swish), the attention softmax and the timestep-embedding MLP (temb/dense0,
   temb/dense1) run in float32. On CPUs with AMX/AVX512-BF16, 'bfloat16' is the fast path.
+
+  Options beyond the original (for diffusers ``UNet2DModel`` configurations; the defaults are
+  the original's): ``block_out_channels`` (channels per level instead of ``ch * ch_mult``;
+  ``ch`` stays the conv_in / embedding width), ``attn_levels`` (a pair of per-level flags,
+  (down, up), indexed by level, instead of ``attn_resolutions``), ``attn_head_dim``
+  (multi-head attention), ``downsample_padding`` (0 or 1, see `Downsample`),
+  ``flip_sin_to_cos`` / ``freq_shift`` (see `nn.get_timestep_embedding`),
+  ``norm_num_groups`` / ``norm_eps`` (every GroupNorm).
   """
 
   def __init__(self, *, ch, out_ch, ch_mult=(1, 2, 4, 8), num_res_blocks, attn_resolutions,
                dropout=0., resamp_with_conv=True, name='model', in_ch=None, resolution=None,
-               compute_dtype=None):
+               compute_dtype=None, block_out_channels=None, attn_levels=None, attn_head_dim=None,
+               downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_num_groups=32,
+               norm_eps=1e-6):
     super().__init__(name=name.replace('/', '_'))
     self.compute_dtype = _compute_dtype(compute_dtype)
     self.ch, self.out_ch, self.ch_mult = ch, out_ch, tuple(ch_mult)
+    self.block_out_channels = tuple(block_out_channels or (ch * m for m in ch_mult))
+    if block_out_channels is not None:
+      self.ch_mult = tuple(c / ch for c in self.block_out_channels)
+    if attn_levels is not None:
+      attn_levels = tuple(tuple(bool(a) for a in flags) for flags in attn_levels)
+      if len(attn_levels) != 2 or any(len(f) != len(self.block_out_channels) for f in attn_levels):
+        raise ValueError(f'attn_levels must be (down flags, up flags), one per level, got {attn_levels}')
+    self.attn_levels, self.attn_head_dim = attn_levels, attn_head_dim
+    self.downsample_padding = downsample_padding
+    self.flip_sin_to_cos, self.freq_shift = flip_sin_to_cos, freq_shift
+    self.norm = dict(num_groups=norm_num_groups, eps=norm_eps)
     self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
     self.dropout, self.resamp_with_conv, self.scope = dropout, resamp_with_conv, name
     self.in_ch, self.resolution = None, None
@@ -162,6 +205,12 @@ class UNet(tf.Module):
       return
     s, ch, nrb, dropout = self.scope, self.ch, self.num_res_blocks, self.dropout
     temb_ch = 4 * ch
+    level_chs, norm, head_dim = self.block_out_channels, self.norm, self.attn_head_dim
+    attn_down, attn_up = self.attn_levels or (
+        (tuple(resolution // 2 ** i in self.attn_resolutions for i in range(len(level_chs))),) * 2)
+    resblock = lambda cin, cout, name: ResnetBlock(cin, cout, temb_ch, dropout=dropout, name=name,
+                                                   norm=norm)
+    attn = lambda c, name: AttnBlock(c, name=name, head_dim=head_dim, norm=norm)
     with tf.init_scope():  # variables live outside any tf.function being traced
       self.temb_dense0 = nn.Dense(ch, temb_ch, name=f'{s}/temb/dense0')
       self.temb_dense1 = nn.Dense(temb_ch, temb_ch, name=f'{s}/temb/dense1')
@@ -169,43 +218,42 @@ class UNet(tf.Module):
       # Downsampling: track the skip-connection channel counts like the original's `hs` stack.
       skip_chs, cur_ch, res = [ch], ch, resolution
       self.down = []
-      for i_level, mult in enumerate(self.ch_mult):
+      for i_level, level_ch in enumerate(level_chs):
         level = {'blocks': [], 'attns': [], 'downsample': None}
         for i_block in range(nrb):
-          level['blocks'].append(ResnetBlock(cur_ch, ch * mult, temb_ch, dropout=dropout,
-                                             name=f'{s}/down_{i_level}/block_{i_block}'))
-          cur_ch = ch * mult
-          if res in self.attn_resolutions:
-            level['attns'].append(AttnBlock(cur_ch, name=f'{s}/down_{i_level}/attn_{i_block}'))
+          level['blocks'].append(resblock(cur_ch, level_ch, f'{s}/down_{i_level}/block_{i_block}'))
+          cur_ch = level_ch
+          if attn_down[i_level]:
+            level['attns'].append(attn(cur_ch, f'{s}/down_{i_level}/attn_{i_block}'))
           skip_chs.append(cur_ch)
-        if i_level != len(self.ch_mult) - 1:
+        if i_level != len(level_chs) - 1:
           level['downsample'] = Downsample(cur_ch, name=f'{s}/down_{i_level}/downsample',
-                                           with_conv=self.resamp_with_conv)
+                                           with_conv=self.resamp_with_conv,
+                                           padding=self.downsample_padding)
           skip_chs.append(cur_ch)
           res //= 2
         self.down.append(level)
       # Middle: 1-indexed names, attention regardless of resolution.
-      self.mid_block_1 = ResnetBlock(cur_ch, cur_ch, temb_ch, dropout=dropout, name=f'{s}/mid/block_1')
-      self.mid_attn_1 = AttnBlock(cur_ch, name=f'{s}/mid/attn_1')
-      self.mid_block_2 = ResnetBlock(cur_ch, cur_ch, temb_ch, dropout=dropout, name=f'{s}/mid/block_2')
+      self.mid_block_1 = resblock(cur_ch, cur_ch, f'{s}/mid/block_1')
+      self.mid_attn_1 = attn(cur_ch, f'{s}/mid/attn_1')
+      self.mid_block_2 = resblock(cur_ch, cur_ch, f'{s}/mid/block_2')
       # Upsampling: num_res_blocks + 1 blocks per level, each eating one skip.
-      self.up = [None] * len(self.ch_mult)
-      for i_level in reversed(range(len(self.ch_mult))):
+      self.up = [None] * len(level_chs)
+      for i_level in reversed(range(len(level_chs))):
         level = {'blocks': [], 'attns': [], 'upsample': None}
         for i_block in range(nrb + 1):
           in_c = cur_ch + skip_chs.pop()
-          cur_ch = ch * self.ch_mult[i_level]
-          level['blocks'].append(ResnetBlock(in_c, cur_ch, temb_ch, dropout=dropout,
-                                             name=f'{s}/up_{i_level}/block_{i_block}'))
-          if res in self.attn_resolutions:
-            level['attns'].append(AttnBlock(cur_ch, name=f'{s}/up_{i_level}/attn_{i_block}'))
+          cur_ch = level_chs[i_level]
+          level['blocks'].append(resblock(in_c, cur_ch, f'{s}/up_{i_level}/block_{i_block}'))
+          if attn_up[i_level]:
+            level['attns'].append(attn(cur_ch, f'{s}/up_{i_level}/attn_{i_block}'))
         if i_level != 0:
           level['upsample'] = Upsample(cur_ch, name=f'{s}/up_{i_level}/upsample',
                                        with_conv=self.resamp_with_conv)
           res *= 2
         self.up[i_level] = level
       assert not skip_chs
-      self.norm_out = nn.GroupNorm(cur_ch, name=f'{s}/norm_out')
+      self.norm_out = nn.GroupNorm(cur_ch, name=f'{s}/norm_out', **norm)
       self.conv_out = nn.Conv2D(cur_ch, self.out_ch, name=f'{s}/conv_out', init_scale=0.)
     self.in_ch, self.resolution = in_ch, resolution
 
@@ -218,7 +266,8 @@ class UNet(tf.Module):
     if self.compute_dtype is not None:
       x = tf.cast(x, self.compute_dtype)
 
-    temb = nn.get_timestep_embedding(t, self.ch)
+    temb = nn.get_timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                                     freq_shift=self.freq_shift)
     temb = self.temb_dense1(nonlinearity(self.temb_dense0(temb)))
     temb = tf.cast(temb, x.dtype)
 

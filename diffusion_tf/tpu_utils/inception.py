@@ -37,7 +37,9 @@ A mismatch raises :class:`InceptionChecksumError` naming the file, expected and 
 
 Feature-extractor protocol (used everywhere FID/IS is computed): any callable
 ``extractor(images) -> {'pool_3': [B, D], 'logits': [B, K]}`` where ``images`` is a uint8/int
-or float batch [B, H, W, 3] with values in [0, 255]; outputs may be tf.Tensors or arrays.
+or float batch [B, H, W, C] with values in [0, 255], grey (C = 1) or RGB (C = 3); outputs may
+be tf.Tensors or arrays. Extractors convert channels with :func:`as_network_input` (the one
+place where grey becomes RGB and RGB becomes grey) before their compiled functions.
 An optional ``name`` attribute (str) identifies it in cache keys for reference statistics.
 :class:`InceptionExtractor` (the real network) and :func:`make_random_projection_extractor`
 (a tiny deterministic stand-in for tests / the built-in digits set) implement it.
@@ -338,12 +340,9 @@ def preprocess_image(images, height=INCEPTION_DEFAULT_IMAGE_SIZE, width=INCEPTIO
   """
   images = tf.convert_to_tensor(images)
   is_single = images.shape.rank == 3
-  if images.dtype != tf.float32:
-    images = tf.cast(images, tf.float32)
   if is_single:
     images = images[None]
-  if images.shape[-1] == 1:
-    images = tf.tile(images, [1, 1, 1, 3])
+  images = as_network_input(images, channels=3)
   resized = tf.raw_ops.ResizeBilinear(images=images, size=tf.constant([height, width], tf.int32),
                                       align_corners=False, half_pixel_centers=False)
   resized = (resized - 128.0) / 128.0
@@ -352,11 +351,26 @@ def preprocess_image(images, height=INCEPTION_DEFAULT_IMAGE_SIZE, width=INCEPTIO
   return resized
 
 
-# ----------------------------------------------------------------------------- the network
-
-def _to_float32(images):
+def as_network_input(images, channels=3):
+  """Images [B, H, W, C] (C = 1 or 3, any dtype) as float32 [B, H, W, channels]: grey is
+  repeated to RGB, RGB is averaged to grey (the digits network's input)."""
   images = tf.convert_to_tensor(images)
-  return images if images.dtype == tf.float32 else tf.cast(images, tf.float32)
+  if images.dtype != tf.float32:
+    images = tf.cast(images, tf.float32)
+  have = images.shape[-1]
+  if images.shape.rank != 4 or have not in (1, 3):
+    raise ValueError(f'expected images [B, H, W, C] with C = 1 (grey) or 3 (RGB), got shape '
+                     f'{images.shape}')
+  if have == channels:
+    return images
+  if channels == 3:
+    return tf.tile(images, [1, 1, 1, 3])
+  if channels == 1:
+    return tf.reduce_mean(images, axis=-1, keepdims=True)
+  raise ValueError(f'channels must be 1 or 3, got {channels!r}')
+
+
+# ----------------------------------------------------------------------------- the network
 
 
 def _flatten(x):
@@ -371,7 +385,7 @@ def _flatten(x):
 class InceptionExtractor:
   """A frozen Inception GraphDef, run as a TF2 function.
 
-  ``extractor(images)`` with images [B, H, W, 3] in [0, 255] (uint8/int/float) returns
+  ``extractor(images)`` with images [B, H, W, C] (grey or RGB) in [0, 255] (uint8/int/float) returns
   ``{'pool_3': float32 [B, 2048], 'logits': float32 [B, 1008]}`` (shapes of the real graph).
   ``extractor.run_preprocessed(x)`` takes already preprocessed [B, 299, 299, 3] in [-1, 1]
   (the original's ``run_inception``). ``name`` identifies the graph in cache keys; by
@@ -413,11 +427,11 @@ class InceptionExtractor:
 
   def run_preprocessed(self, x):
     """x: float32 [B, 299, 299, 3] in [-1, 1] -> {'pool_3' [B, D], 'logits' [B, K]}."""
-    return self._run_preprocessed(_to_float32(x))
+    return self._run_preprocessed(as_network_input(x, channels=3))
 
   def __call__(self, images):
-    """images: [B, H, W, 3] in [0, 255] -> {'pool_3' [B, D], 'logits' [B, K]} float32."""
-    return self._run_raw(_to_float32(images))
+    """images: [B, H, W, C] in [0, 255] -> {'pool_3' [B, D], 'logits' [B, K]} float32."""
+    return self._run_raw(as_network_input(images, channels=3))
 
 
 def load_inception_graph(graph_def_or_path, *, name=None):
@@ -444,7 +458,7 @@ def make_inception_extractor(path=None, *, variant='default', cache_dir=None, do
 class RandomProjectionExtractor:
   """Tiny deterministic stand-in for Inception (tests, the built-in digits set).
 
-  images [B, H, W, 3] in [0, 255] -> legacy-bilinear resize to 32x32 and (x - 128) / 128 (as
+  images [B, H, W, C] (grey or RGB) in [0, 255] -> legacy-bilinear resize to 32x32 and (x - 128) / 128 (as
   for Inception) -> fixed random 3x3 conv (16 ch) + ReLU -> 8x8 average pooling (4x4 grid)
   -> fixed random projection + tanh = 'pool_3' [B, dim] -> fixed random linear map =
   'logits' [B, num_logits]. Weights come from ``np.random.RandomState(seed)`` only, so
@@ -474,8 +488,8 @@ class RandomProjectionExtractor:
     return {'pool_3': feats, 'logits': tf.matmul(feats, self._w_logits)}
 
   def __call__(self, images):
-    """images: [B, H, W, 3] in [0, 255] -> {'pool_3' [B, dim], 'logits' [B, num_logits]} float32."""
-    return self._fn(_to_float32(images))
+    """images: [B, H, W, C] in [0, 255] -> {'pool_3' [B, dim], 'logits' [B, num_logits]} float32."""
+    return self._fn(as_network_input(images, channels=3))
 
 
 def make_random_projection_extractor(dim=64, num_logits=10, seed=0):
@@ -522,7 +536,7 @@ def _as_2d_float64(x):
 
 
 def extract_batch(extractor, images):
-  """Run `extractor` on one batch [b, H, W, 3]; returns {'pool_3', 'logits'} float64 arrays.
+  """Run `extractor` on one batch [b, H, W, C]; returns {'pool_3', 'logits'} float64 arrays.
 
   If a tf.distribute strategy with several replicas is active (cross-replica context), the
   batch is split evenly over the replicas (padded by repeating the last image, then the
@@ -553,12 +567,12 @@ def extract_batch(extractor, images):
 
 
 def iter_image_batches(images, batch_size, limit=None):
-  """Yield batches [<=batch_size, H, W, 3] (arrays or tensors) from an array/tensor [N, H, W, 3]
+  """Yield batches [<=batch_size, H, W, C] (arrays or tensors) from an array/tensor [N, H, W, C]
   or an iterable of batches (arrays, tensors, or dicts with an 'image' key, e.g. a batched
   tf.data.Dataset from ``datasets.py``), stopping after `limit` images if given."""
   if isinstance(images, (np.ndarray, tf.Tensor)):
     if len(images.shape) != 4:
-      raise ValueError(f'expected images [N, H, W, 3], got shape {images.shape}')
+      raise ValueError(f'expected images [N, H, W, C], got shape {images.shape}')
     array = images  # bind now: the generator below must not see the rebinding of `images`
     images = (array[i:i + batch_size] for i in range(0, int(array.shape[0]), batch_size))
   seen = 0
@@ -566,7 +580,7 @@ def iter_image_batches(images, batch_size, limit=None):
     if isinstance(batch, dict):
       batch = batch['image']
     if len(batch.shape) != 4:
-      raise ValueError(f'expected batches [B, H, W, 3], got shape {batch.shape}')
+      raise ValueError(f'expected batches [B, H, W, C], got shape {batch.shape}')
     for i in range(0, int(batch.shape[0]), batch_size):
       chunk = batch[i:i + batch_size]
       if limit is not None and seen + int(chunk.shape[0]) > limit:
@@ -589,7 +603,7 @@ def _progress(iterable, enabled, total=None, desc=None):
 def run_inception(images, extractor, *, batch_size=64, limit=None, progress=False):
   """Features of all images: {'pool_3': float64 [N, D], 'logits': float64 [N, K]}.
 
-  images: array/tensor [N, H, W, 3] in [0, 255] or an iterable of batches (see
+  images: array/tensor [N, H, W, C] in [0, 255] or an iterable of batches (see
   :func:`iter_image_batches`); extractor: any callable of the protocol in the module
   docstring, e.g. an :class:`InceptionExtractor`. Runs in batches of `batch_size` (split
   over replicas when a tf.distribute strategy is active, see :func:`extract_batch`).

@@ -1,0 +1,451 @@
+"""The diffusers format as a serialisation of our objects: ``UNet2DModel`` configs <-> `UNet`
+arguments, diffusers tensor names <-> our TF1 variable names, scheduler configs <-> our
+diffusion objects, and the weight files (``diffusion_pytorch_model.safetensors``, ``.bin``).
+
+Layouts: a diffusers Conv2d weight is OIHW (ours HWIO), a Linear weight is [out, in] (ours
+[in, out]); diffusers lists the up blocks from the lowest resolution up (``up_blocks.0`` is
+our ``up_{L-1}``). Attention layers carry either the names of the google repos
+(``query/key/value/proj_attn``) or of current diffusers (``to_q/to_k/to_v/to_out.0``).
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from . import nn
+from .diffusion_utils_2 import GaussianDiffusion2
+
+WEIGHTS_SAFETENSORS = 'diffusion_pytorch_model.safetensors'
+WEIGHTS_BIN = 'diffusion_pytorch_model.bin'
+# The diffusers version whose files the tests compare ours with (tests/fixtures).
+DIFFUSERS_VERSION = '0.42.1'
+
+
+class DiffusersFormatError(ValueError):
+  """A diffusers config, weight file or tensor set that we cannot map onto our objects."""
+
+
+# ----------------------------------------------------------------------------- UNet2DModel config
+
+# UNet2DModel's constructor defaults: a config.json may omit any of these (the google repos
+# predate most), and diffusers then takes the default.
+UNET_DEFAULTS = {
+    'sample_size': None, 'in_channels': 3, 'out_channels': 3, 'center_input_sample': False,
+    'time_embedding_type': 'positional', 'time_embedding_dim': None, 'freq_shift': 0,
+    'flip_sin_to_cos': True,
+    'down_block_types': ['DownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D'],
+    'mid_block_type': 'UNetMidBlock2D',
+    'up_block_types': ['AttnUpBlock2D', 'AttnUpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'],
+    'block_out_channels': [224, 448, 672, 896], 'layers_per_block': 2,
+    'mid_block_scale_factor': 1, 'downsample_padding': 1, 'downsample_type': 'conv',
+    'upsample_type': 'conv', 'dropout': 0.0, 'act_fn': 'silu', 'attention_head_dim': 8,
+    'norm_num_groups': 32, 'attn_norm_num_groups': None, 'norm_eps': 1e-05,
+    'resnet_time_scale_shift': 'default', 'add_attention': True, 'class_embed_type': None,
+    'num_class_embeds': None, 'num_train_timesteps': None,
+}
+# Options our U-Net has no counterpart for: the only value each may take.
+_UNET_FIXED = {
+    'center_input_sample': False, 'time_embedding_type': 'positional', 'time_embedding_dim': None,
+    'mid_block_type': 'UNetMidBlock2D', 'mid_block_scale_factor': 1, 'downsample_type': 'conv',
+    'upsample_type': 'conv', 'act_fn': 'silu', 'attn_norm_num_groups': None,
+    'resnet_time_scale_shift': 'default', 'add_attention': True, 'class_embed_type': None,
+    'num_class_embeds': None,
+}
+_DOWN_TYPES = {'DownBlock2D': False, 'AttnDownBlock2D': True}
+_UP_TYPES = {'UpBlock2D': False, 'AttnUpBlock2D': True}
+
+
+def unet_config_with_defaults(config):
+  """The config as diffusers sees it: every option, defaults filled in, bookkeeping dropped."""
+  known = {k: v for k, v in config.items() if not k.startswith('_')}
+  return dict(UNET_DEFAULTS, **known)
+
+
+def unet_kwargs_from_config(config, *, name='model'):
+  """`UNet` keyword arguments (with ``in_ch`` and ``resolution``) for a ``UNet2DModel`` config.
+
+  Refuses, naming the option and its value, anything our U-Net does not compute.
+  """
+  cfg = unet_config_with_defaults(config)
+  cls = config.get('_class_name', 'UNet2DModel')
+  if cls != 'UNet2DModel':
+    raise DiffusersFormatError(f'_class_name {cls!r} is not supported: only UNet2DModel '
+                               f'(pixel-space DDPM U-Nets) maps onto our UNet')
+  unknown = sorted(set(cfg) - set(UNET_DEFAULTS))
+  if unknown:
+    raise DiffusersFormatError(f'UNet2DModel config has options we do not know: {unknown}')
+  for key, value in _UNET_FIXED.items():
+    if cfg[key] != value and not (isinstance(value, (int, float)) and cfg[key] == float(value)):
+      raise DiffusersFormatError(f'UNet2DModel option {key}={cfg[key]!r} is not supported '
+                                 f'(only {value!r})')
+  down, up, chs = cfg['down_block_types'], cfg['up_block_types'], list(cfg['block_out_channels'])
+  for types, table, key in ((down, _DOWN_TYPES, 'down_block_types'), (up, _UP_TYPES, 'up_block_types')):
+    bad = [t for t in types if t not in table]
+    if bad:
+      raise DiffusersFormatError(f'UNet2DModel option {key} has unsupported blocks {bad} '
+                                 f'(supported: {sorted(table)})')
+  if not len(down) == len(up) == len(chs):
+    raise DiffusersFormatError(f'UNet2DModel config: {len(down)} down blocks, {len(up)} up blocks '
+                               f'and {len(chs)} block_out_channels must be equally many')
+  size = cfg['sample_size']
+  if isinstance(size, (list, tuple)):
+    if len(size) != 2 or size[0] != size[1]:
+      raise DiffusersFormatError(f'UNet2DModel option sample_size={size!r}: only square images')
+    size = size[0]
+  if not isinstance(size, int) or size % 2 ** (len(chs) - 1):
+    raise DiffusersFormatError(f'UNet2DModel option sample_size={size!r}: expected an int '
+                               f'divisible by 2**{len(chs) - 1}')
+  if cfg['downsample_padding'] not in (0, 1):
+    raise DiffusersFormatError(f'UNet2DModel option downsample_padding='
+                               f'{cfg["downsample_padding"]!r} is not supported (0 or 1)')
+  head_dim = cfg['attention_head_dim']
+  if isinstance(head_dim, (list, tuple)):
+    raise DiffusersFormatError(f'UNet2DModel option attention_head_dim={head_dim!r}: one int or null')
+  num_levels = len(chs)
+  return dict(
+      ch=chs[0], out_ch=cfg['out_channels'], block_out_channels=tuple(chs),
+      num_res_blocks=cfg['layers_per_block'], attn_resolutions=(),
+      attn_levels=(tuple(_DOWN_TYPES[t] for t in down),
+                   tuple(_UP_TYPES[up[num_levels - 1 - level]] for level in range(num_levels))),
+      attn_head_dim=head_dim, dropout=float(cfg['dropout']), resamp_with_conv=True, name=name,
+      in_ch=cfg['in_channels'], resolution=size, downsample_padding=cfg['downsample_padding'],
+      flip_sin_to_cos=bool(cfg['flip_sin_to_cos']), freq_shift=cfg['freq_shift'],
+      norm_num_groups=cfg['norm_num_groups'], norm_eps=float(cfg['norm_eps']))
+
+
+def _attn_flags(net):
+  """Per-level attention flags (down, up) of a built UNet, from its modules."""
+  return (tuple(bool(level['attns']) for level in net.down),
+          tuple(bool(level['attns']) for level in net.up))
+
+
+def unet_config(net):
+  """The ``UNet2DModel`` config (every option, as diffusers writes it) of a built `UNet`."""
+  if net.resolution is None:
+    raise ValueError('The UNet is not built yet: pass resolution= or call it once')
+  if not net.resamp_with_conv:
+    raise DiffusersFormatError('A UNet with resamp_with_conv=False (e.g. unet_digits) has no '
+                               'UNet2DModel counterpart: diffusers always resamples with convolutions')
+  down, up = _attn_flags(net)
+  L = len(net.block_out_channels)
+  config = dict(UNET_DEFAULTS)
+  config.update(
+      sample_size=net.resolution, in_channels=net.in_ch, out_channels=net.out_ch,
+      freq_shift=net.freq_shift, flip_sin_to_cos=net.flip_sin_to_cos,
+      down_block_types=['AttnDownBlock2D' if a else 'DownBlock2D' for a in down],
+      up_block_types=['AttnUpBlock2D' if up[L - 1 - i] else 'UpBlock2D' for i in range(L)],
+      block_out_channels=list(net.block_out_channels), layers_per_block=net.num_res_blocks,
+      downsample_padding=net.downsample_padding, dropout=float(net.dropout),
+      attention_head_dim=net.attn_head_dim, norm_num_groups=net.norm['num_groups'],
+      norm_eps=float(net.norm['eps']))
+  if net.ch != net.block_out_channels[0]:
+    raise DiffusersFormatError(f'UNet ch={net.ch} differs from its first level\'s '
+                               f'{net.block_out_channels[0]} channels: no UNet2DModel counterpart')
+  return {'_class_name': 'UNet2DModel', '_diffusers_version': DIFFUSERS_VERSION, **config}
+
+
+# ----------------------------------------------------------------------------- tensor names
+
+# How a diffusers tensor relates to our variable: conv (OIHW <-> HWIO), linear ([out, in] <->
+# [in, out]), conv1x1 (a 1x1 Conv2d [out, in, 1, 1] <-> our [in, out] NIN kernel), same.
+def _to_ours(kind, value):
+  if kind == 'conv':
+    return np.transpose(value, (2, 3, 1, 0))
+  if kind in ('linear', 'conv1x1'):
+    return np.transpose(value.reshape(value.shape[:2]) if value.ndim == 4 else value)
+  return value
+
+
+def _to_theirs(kind, value):
+  if kind == 'conv':
+    return np.transpose(value, (3, 2, 0, 1))
+  if kind == 'linear':
+    return np.transpose(value)
+  if kind == 'conv1x1':
+    return np.transpose(value)[:, :, None, None]
+  return value
+
+
+def _their_shape(kind, shape):
+  return tuple(_to_theirs(kind, np.empty(shape, np.float32)).shape) if shape else ()
+
+
+def _layer(entries, layer, key, kind):
+  """Weight and bias of a Dense/NIN/Conv2D (``W``, ``b``) or GroupNorm (``gamma``, ``beta``)."""
+  if hasattr(layer, 'gamma'):
+    entries.append((f'{key}.weight', layer.gamma, 'same'))
+    entries.append((f'{key}.bias', layer.beta, 'same'))
+    return
+  entries.append((f'{key}.weight', layer.W, kind))
+  if layer.b is not None:
+    entries.append((f'{key}.bias', layer.b, 'same'))
+
+
+def _resnet(entries, block, key):
+  _layer(entries, block.norm1, f'{key}.norm1', None)
+  _layer(entries, block.conv1, f'{key}.conv1', 'conv')
+  _layer(entries, block.temb_proj, f'{key}.time_emb_proj', 'linear')
+  _layer(entries, block.norm2, f'{key}.norm2', None)
+  _layer(entries, block.conv2, f'{key}.conv2', 'conv')
+  if block.shortcut is not None:
+    kind = 'conv' if isinstance(block.shortcut, nn.Conv2D) else 'conv1x1'
+    _layer(entries, block.shortcut, f'{key}.conv_shortcut', kind)
+
+
+def _attention(entries, block, key):
+  _layer(entries, block.norm, f'{key}.group_norm', None)
+  for ours, theirs in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('proj_out', 'to_out.0')):
+    _layer(entries, getattr(block, ours), f'{key}.{theirs}', 'linear')
+
+
+def tensor_map(net):
+  """[(diffusers key, our variable, kind)] for every variable of a built `UNet`, in
+  the order diffusers lists its state dict."""
+  if net.resolution is None:
+    raise ValueError('The UNet is not built yet: pass resolution= or call it once')
+  e = []
+  _layer(e, net.conv_in, 'conv_in', 'conv')
+  _layer(e, net.temb_dense0, 'time_embedding.linear_1', 'linear')
+  _layer(e, net.temb_dense1, 'time_embedding.linear_2', 'linear')
+  for i, level in enumerate(net.down):
+    for j, block in enumerate(level['blocks']):
+      _resnet(e, block, f'down_blocks.{i}.resnets.{j}')
+    for j, block in enumerate(level['attns']):
+      _attention(e, block, f'down_blocks.{i}.attentions.{j}')
+    if level['downsample'] is not None:
+      if level['downsample'].conv is None:
+        raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
+      _layer(e, level['downsample'].conv, f'down_blocks.{i}.downsamplers.0.conv', 'conv')
+  L = len(net.up)
+  for i in range(L):
+    level = net.up[L - 1 - i]
+    for j, block in enumerate(level['blocks']):
+      _resnet(e, block, f'up_blocks.{i}.resnets.{j}')
+    for j, block in enumerate(level['attns']):
+      _attention(e, block, f'up_blocks.{i}.attentions.{j}')
+    if level['upsample'] is not None:
+      if level['upsample'].conv is None:
+        raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
+      _layer(e, level['upsample'].conv, f'up_blocks.{i}.upsamplers.0.conv', 'conv')
+  _attention(e, net.mid_attn_1, 'mid_block.attentions.0')
+  _resnet(e, net.mid_block_1, 'mid_block.resnets.0')
+  _resnet(e, net.mid_block_2, 'mid_block.resnets.1')
+  _layer(e, net.norm_out, 'conv_norm_out', None)
+  _layer(e, net.conv_out, 'conv_out', 'conv')
+  return e
+
+
+# The google repos' attention names (diffusers' deprecated AttentionBlock) -> current ones.
+_OLD_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
+
+
+def modernise_keys(tensors):
+  """Renames ``attentions.N.{query,key,value,proj_attn}.*`` to ``to_q/to_k/to_v/to_out.0``."""
+  out = {}
+  for key, value in tensors.items():
+    parts = key.split('.')
+    if len(parts) >= 3 and parts[-3].isdigit() and 'attentions' in parts and parts[-2] in _OLD_ATTENTION_NAMES:
+      key = '.'.join(parts[:-2] + [_OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
+    out[key] = value
+  return out
+
+
+def _summarise(title, items, limit=10):
+  items = sorted(items)
+  more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
+  return f'{title} ({len(items)}): ' + ', '.join(items[:limit]) + more
+
+
+def load_state_dict(net, tensors, *, source='the weights'):
+  """Assigns a diffusers state dict ({key: array}) to a built `UNet`.
+
+  Checks everything first and raises `DiffusersFormatError` listing missing, unexpected and
+  mis-shaped tensors, assigning nothing then.
+  """
+  tensors = modernise_keys(tensors)
+  entries = tensor_map(net)
+  missing, misshaped, values = [], [], []
+  for key, var, kind in entries:
+    if key not in tensors:
+      missing.append(key)
+      continue
+    value = np.asarray(tensors[key])
+    want = _their_shape(kind, tuple(var.shape.as_list()))
+    ok = tuple(value.shape) == want or (
+        kind == 'linear' and value.ndim == 4 and value.shape == want + (1, 1))
+    if not ok:
+      misshaped.append(f'{key} {list(value.shape)} vs model {list(want)}')
+    else:
+      values.append((var, _to_ours(kind, value.astype(np.float32))))
+  unexpected = sorted(set(tensors) - {key for key, _, _ in entries})
+  problems = []
+  if missing:
+    problems.append(_summarise('missing', missing))
+  if misshaped:
+    problems.append(_summarise('shape mismatch', misshaped))
+  if unexpected:
+    problems.append(_summarise('unexpected', unexpected))
+  if problems:
+    raise DiffusersFormatError(f'{source} do not match the UNet2DModel config:\n  '
+                               + '\n  '.join(problems))
+  for var, value in values:
+    var.assign(value)
+
+
+def state_dict(net):
+  """A built `UNet`'s weights as a diffusers state dict {key: float32 array}, current names."""
+  return {key: np.ascontiguousarray(_to_theirs(kind, var.numpy()).astype(np.float32))
+          for key, var, kind in tensor_map(net)}
+
+
+# ----------------------------------------------------------------------------- weight files
+
+def read_weights(folder):
+  """{key: float array} from ``folder``'s diffusion_pytorch_model.safetensors (or, with torch
+  installed, .bin)."""
+  st = os.path.join(folder, WEIGHTS_SAFETENSORS)
+  if os.path.exists(st):
+    from safetensors.numpy import load_file
+    return load_file(st)
+  binary = os.path.join(folder, WEIGHTS_BIN)
+  if os.path.exists(binary):
+    try:
+      import torch
+    except ImportError:
+      raise DiffusersFormatError(
+          f'{binary} is a PyTorch pickle, which needs torch to read, and torch is not installed. '
+          f'Get the safetensors file instead ({WEIGHTS_SAFETENSORS}: most Hub repos have one; '
+          f'otherwise convert once where torch is installed: `python -c "import torch, '
+          f'safetensors.torch as s; s.save_file(torch.load(\'{WEIGHTS_BIN}\'), '
+          f'\'{WEIGHTS_SAFETENSORS}\')"`), or pip install torch') from None
+    return {k: v.float().numpy() for k, v in torch.load(binary, map_location='cpu',
+                                                         weights_only=True).items()}
+  raise FileNotFoundError(f'No weights in {folder}: expected {WEIGHTS_SAFETENSORS} '
+                          f'(or {WEIGHTS_BIN})')
+
+
+def write_weights(folder, tensors, *, overwrite=False):
+  """Writes ``folder/diffusion_pytorch_model.safetensors`` (atomically, never over an existing
+  file unless ``overwrite``)."""
+  from safetensors.numpy import save
+  from . import utils
+  os.makedirs(folder, exist_ok=True)
+  utils.atomic_write(os.path.join(folder, WEIGHTS_SAFETENSORS),
+                     save(tensors, metadata={'format': 'pt'}), overwrite=overwrite)
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- schedulers
+
+# The scheduler classes we map and their constructor defaults (a config may omit any).
+_COMMON = {'num_train_timesteps': 1000, 'beta_start': 0.0001, 'beta_end': 0.02,
+           'beta_schedule': 'linear', 'trained_betas': None, 'prediction_type': 'epsilon',
+           'timestep_spacing': 'leading', 'steps_offset': 0}
+_CLIPPED = {'clip_sample': True, 'thresholding': False, 'dynamic_thresholding_ratio': 0.995,
+            'clip_sample_range': 1.0, 'sample_max_value': 1.0, 'rescale_betas_zero_snr': False}
+SCHEDULER_DEFAULTS = {
+    'DDPMScheduler': dict(_COMMON, variance_type='fixed_small', **_CLIPPED),
+    'DDIMScheduler': dict(_COMMON, set_alpha_to_one=True, **_CLIPPED),
+    'PNDMScheduler': dict(_COMMON, skip_prk_steps=False, set_alpha_to_one=False),
+}
+_VARIANCE_TYPES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
+_PREDICTION_TYPES = {'epsilon': 'eps', 'sample': 'xstart'}
+
+
+def scheduler_config_with_defaults(config, class_name=None):
+  """The config read by ``class_name``'s scheduler (default: the one it names), as diffusers'
+  ``from_config`` does: the class's options from the file, the rest defaults."""
+  name = class_name or config.get('_class_name', 'DDPMScheduler')
+  if name not in SCHEDULER_DEFAULTS:
+    raise DiffusersFormatError(f'scheduler _class_name {name!r} is not supported '
+                               f'(supported: {sorted(SCHEDULER_DEFAULTS)})')
+  defaults = SCHEDULER_DEFAULTS[name]
+  return {k: config.get(k, v) for k, v in defaults.items()}
+
+
+def _cosine_betas(T, max_beta=0.999):
+  alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+  return np.array([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)])
+
+
+def betas_from_scheduler_config(cfg):
+  """float64 betas of a scheduler config (``trained_betas`` first, as diffusers)."""
+  T = int(cfg['num_train_timesteps'])
+  if cfg.get('trained_betas') is not None:
+    betas = np.asarray(cfg['trained_betas'], np.float64)
+    if betas.shape != (T,):
+      raise DiffusersFormatError(f'scheduler trained_betas has {betas.size} values, '
+                                 f'num_train_timesteps is {T}')
+    return betas
+  schedule, b0, b1 = cfg['beta_schedule'], float(cfg['beta_start']), float(cfg['beta_end'])
+  if schedule == 'linear':
+    return np.linspace(b0, b1, T, dtype=np.float64)
+  if schedule == 'scaled_linear':
+    return np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
+  if schedule == 'squaredcos_cap_v2':
+    return _cosine_betas(T)
+  raise DiffusersFormatError(f'scheduler option beta_schedule={schedule!r} is not supported '
+                             f'(linear, scaled_linear, squaredcos_cap_v2 or trained_betas)')
+
+
+def diffusion_from_scheduler_config(config, class_name=None):
+  """(GaussianDiffusion2, the scheduler options with defaults) for a scheduler config.
+
+  Refuses, naming option and value, what our diffusion and samplers do not compute.
+  """
+  cfg = scheduler_config_with_defaults(config, class_name)
+  for key, ok in (('thresholding', False), ('rescale_betas_zero_snr', False)):
+    if cfg.get(key, ok) != ok:
+      raise DiffusersFormatError(f'scheduler option {key}={cfg[key]!r} is not supported')
+  if cfg.get('clip_sample_range', 1.0) != 1.0:
+    raise DiffusersFormatError(f'scheduler option clip_sample_range={cfg["clip_sample_range"]!r} '
+                               f'is not supported (our samplers clip x0 to [-1, 1])')
+  if cfg['prediction_type'] not in _PREDICTION_TYPES:
+    raise DiffusersFormatError(f'scheduler option prediction_type={cfg["prediction_type"]!r} is '
+                               f'not supported (epsilon or sample)')
+  # DDIM and PNDM configs have no variance type; a DDPM sampler then uses DDPMScheduler's default.
+  variance = config.get('variance_type', SCHEDULER_DEFAULTS['DDPMScheduler']['variance_type'])
+  if variance not in _VARIANCE_TYPES:
+    raise DiffusersFormatError(f'scheduler option variance_type={variance!r} is not supported '
+                               f'(fixed_large or fixed_small)')
+  diffusion = GaussianDiffusion2(betas=betas_from_scheduler_config(cfg),
+                                 model_mean_type=_PREDICTION_TYPES[cfg['prediction_type']],
+                                 model_var_type=_VARIANCE_TYPES[variance], loss_type='mse')
+  return diffusion, cfg
+
+
+def scheduler_config(diffusion, class_name='DDPMScheduler', *, clip_sample=True, **options):
+  """A diffusers scheduler config (every option of ``class_name``) describing our diffusion:
+  a linear or scaled-linear beta schedule when the betas are one, else ``trained_betas``."""
+  betas = np.asarray(diffusion.betas, np.float64)
+  T = len(betas)
+  mean_type = getattr(diffusion, 'model_mean_type', 'eps')
+  var_type = getattr(diffusion, 'model_var_type', 'fixedsmall')  # v1: the posterior variance
+  prediction = {v: k for k, v in _PREDICTION_TYPES.items()}.get(mean_type)
+  variance = {v: k for k, v in _VARIANCE_TYPES.items()}.get(var_type)
+  if prediction is None or variance is None:
+    raise DiffusersFormatError(f'model_mean_type={mean_type!r} / model_var_type={var_type!r} have '
+                               f'no diffusers scheduler counterpart (eps or xstart; fixedlarge or '
+                               f'fixedsmall)')
+  cfg = dict(SCHEDULER_DEFAULTS[class_name])
+  cfg.update(num_train_timesteps=T, beta_start=float(betas[0]), beta_end=float(betas[-1]),
+             prediction_type=prediction)
+  # The float64 tables must come back exactly: a named schedule only if it reproduces them.
+  for name in ('linear', 'scaled_linear'):
+    cfg['beta_schedule'] = name
+    if np.array_equal(betas_from_scheduler_config(cfg), betas):
+      break
+  else:
+    cfg.update(beta_schedule='linear', trained_betas=[float(b) for b in betas])
+  if 'clip_sample' in cfg:
+    cfg['clip_sample'] = bool(clip_sample)
+  if class_name == 'DDPMScheduler':
+    cfg['variance_type'] = variance
+  cfg.update({k: v for k, v in options.items() if k in cfg})
+  return {'_class_name': class_name, '_diffusers_version': DIFFUSERS_VERSION, **cfg}

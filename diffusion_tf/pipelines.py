@@ -1,0 +1,361 @@
+"""diffusers-style pipelines over our objects: a `UNet`, a diffusion and a sampler.
+
+    from diffusion_tf.pipelines import DDPMPipeline
+    pipe = DDPMPipeline.from_pretrained('google/ddpm-cifar10-32')   # or a local folder
+    pipe(batch_size=1, seed=0).images[0].save('ddpm_generated_image.png')
+
+`Pipeline.from_pretrained` loads a Hub repo id, a diffusers folder (the flat layout of the
+google repos or the ``save_pretrained`` one), one of our run directories (kwargs.json and the
+latest checkpoint) or a TF1 checkpoint prefix of the authors' release; `save_pretrained`
+writes what diffusers writes. Any pipeline class loads any of them: the noise schedule is the
+model's, the sampler the class's.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from . import checkpoints, diffusers_format as fmt, nn, sampling, utils
+from .diffusion_base import get_beta_schedule, timestep_loop
+from .diffusion_utils_2 import GaussianDiffusion2
+from .models.unet import MODEL_CONFIGS, UNet
+
+MODEL_INDEX = 'model_index.json'
+OUTPUT_TYPES = ('pil', 'np')
+
+
+# ----------------------------------------------------------------------------- locating a model
+
+def _hub_cache_dir():
+  """The Hugging Face cache folder, honouring HF_HUB_CACHE / HF_HOME as set now."""
+  from huggingface_hub import constants
+  if os.environ.get('HF_HUB_CACHE'):
+    return os.environ['HF_HUB_CACHE']
+  if os.environ.get('HF_HOME'):
+    return os.path.join(os.environ['HF_HOME'], 'hub')
+  return constants.HF_HUB_CACHE
+
+
+def _hub_offline():
+  from huggingface_hub import constants
+  return constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
+
+
+def download(repo_id, *, revision=None):
+  """A local snapshot of Hub repo ``repo_id`` (configs and safetensors weights) in the HF cache.
+
+  Offline (HF_HUB_OFFLINE=1) only the cache is consulted, so a missing model fails at once.
+  """
+  import huggingface_hub
+  from huggingface_hub import errors
+  cache = _hub_cache_dir()
+  patterns = ['*.json', '*.safetensors']
+  try:
+    import torch  # noqa: F401  (.bin weights are readable only with torch)
+    patterns.append('*.bin')
+  except ImportError:
+    pass
+  try:
+    return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache,
+                                             allow_patterns=patterns,
+                                             local_files_only=_hub_offline())
+  except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as e:
+    raise FileNotFoundError(
+        f'Cannot get Hub model {repo_id!r}{f" (revision {revision})" if revision else ""}: it is '
+        f'not in the Hugging Face cache {cache} and cannot be downloaded here '
+        f'({"HF_HUB_OFFLINE is set" if _hub_offline() else type(e).__name__}). On a machine with '
+        f'internet run `huggingface-cli download {repo_id}` (HF_HOME selects the cache) and copy '
+        f'the cache folder here, or pass a local folder.') from e
+  except errors.RepositoryNotFoundError as e:
+    raise FileNotFoundError(f'{repo_id!r} is neither a local path nor a Hub repository') from e
+
+
+def _is_diffusers_folder(path):
+  return any(os.path.exists(os.path.join(path, f))
+             for f in (MODEL_INDEX, 'config.json', os.path.join('unet', 'config.json')))
+
+
+def _diffusers_parts(folder):
+  """(unet folder, scheduler config path) of a save_pretrained or flat (google) folder."""
+  if os.path.exists(os.path.join(folder, 'unet', 'config.json')):
+    return os.path.join(folder, 'unet'), os.path.join(folder, 'scheduler', 'scheduler_config.json')
+  return folder, os.path.join(folder, 'scheduler_config.json')
+
+
+def load_diffusers_folder(folder, *, name='model'):
+  """(UNet with the folder's weights, scheduler config dict) of a diffusers folder."""
+  unet_dir, sched_path = _diffusers_parts(folder)
+  config = fmt.read_json(os.path.join(unet_dir, 'config.json'))
+  try:
+    net = UNet(**fmt.unet_kwargs_from_config(config, name=name))
+  except fmt.DiffusersFormatError as e:
+    raise fmt.DiffusersFormatError(f'{unet_dir}/config.json: {e}') from None
+  fmt.load_state_dict(net, fmt.read_weights(unet_dir), source=f'The weights in {unet_dir}')
+  if not os.path.exists(sched_path):
+    raise FileNotFoundError(f'{folder} has a UNet but no scheduler config (expected {sched_path})')
+  return net, fmt.read_json(sched_path)
+
+
+# The diffusion of the authors' released models, by resolution (the scripts' defaults):
+# CIFAR-10 is the v2 eps / fixedlarge model, the 256x256 ones v1 (posterior variance).
+def released_diffusion(resolution):
+  betas = get_beta_schedule('linear', beta_start=0.0001, beta_end=0.02, num_diffusion_timesteps=1000)
+  var = 'fixedlarge' if resolution == 32 else 'fixedsmall'
+  return GaussianDiffusion2(betas=betas, model_mean_type='eps', model_var_type=var, loss_type='mse')
+
+
+def unet_kwargs_from_tf1_shapes(shapes, *, scope='model', resolution=None):
+  """`UNet` arguments read off a TF1 checkpoint's variable shapes ({name: shape}).
+
+  A configuration with attention at one level is the original's ``attn_resolutions=(16,)``,
+  which fixes the resolution (16 * 2**level); the named configurations (``unet2d16b2``,
+  ``unet2d16b2c112244``) then come out exactly. Otherwise ``resolution`` must be given.
+  """
+  def shape(name):
+    return list(shapes[f'{scope}/{name}'])
+
+  if f'{scope}/conv_in/W' not in shapes:
+    raise fmt.DiffusersFormatError(f'no {scope}/conv_in/W in the checkpoint: not a DDPM U-Net')
+  _, _, in_ch, ch = shape('conv_in/W')
+  levels = 0
+  while f'{scope}/down_{levels}/block_0/conv1/W' in shapes:
+    levels += 1
+  nrb = 0
+  while f'{scope}/down_0/block_{nrb}/conv1/W' in shapes:
+    nrb += 1
+  level_chs = [shape(f'down_{i}/block_0/conv1/W')[-1] for i in range(levels)]
+  down = tuple(f'{scope}/down_{i}/attn_0/q/W' in shapes for i in range(levels))
+  up = tuple(f'{scope}/up_{i}/attn_0/q/W' in shapes for i in range(levels))
+  kwargs = dict(ch=ch, out_ch=shape('conv_out/W')[-1], num_res_blocks=nrb, in_ch=in_ch, name=scope,
+                resamp_with_conv=levels < 2 or f'{scope}/down_0/downsample/conv/W' in shapes)
+  multiples = all(c % ch == 0 for c in level_chs)
+  if multiples and down == up and sum(down) == 1 and resolution in (None, 16 * 2 ** down.index(True)):
+    kwargs.update(ch_mult=tuple(c // ch for c in level_chs), attn_resolutions=(16,),
+                  resolution=16 * 2 ** down.index(True))
+    return kwargs
+  if resolution is None:
+    raise fmt.DiffusersFormatError('the checkpoint\'s U-Net is not an original configuration '
+                                   '(attention at 16x16 only): pass resolution=')
+  kwargs.update(block_out_channels=tuple(level_chs), attn_resolutions=(), attn_levels=(down, up),
+                resolution=resolution)
+  return kwargs
+
+
+def model_config_name(kwargs):
+  """The name in `MODEL_CONFIGS` whose settings ``kwargs`` has, or None."""
+  for name, cfg in MODEL_CONFIGS.items():
+    if all(kwargs.get(k, UNet.__init__.__kwdefaults__.get(k)) == (tuple(v) if isinstance(v, list) else v)
+           for k, v in cfg.items()):
+      return name
+  return None
+
+
+def load_tf1_checkpoint(prefix, *, ema=True, resolution=None):
+  """(UNet, scheduler config) of a TF1 checkpoint of the authors' layout."""
+  prefix = checkpoints.resolve_checkpoint(prefix)
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  net = UNet(**unet_kwargs_from_tf1_shapes(shapes, resolution=resolution))
+  checkpoints.restore_tf1_checkpoint(net, prefix, ema=ema)
+  return net, fmt.scheduler_config(released_diffusion(net.resolution))
+
+
+def load_run_dir(run_dir, *, ema=True):
+  """(UNet, scheduler config) of one of our training runs: kwargs.json + latest checkpoint."""
+  from . import runners
+  kw = runners.read_run_kwargs(run_dir)
+  model = runners.make_model(kw, runners.get_dataset_from_kwargs(kw).image_shape)
+  if model.block_size != 1:
+    raise fmt.DiffusersFormatError(f'{run_dir} was trained with block_size={model.block_size} '
+                                   f'(space-to-depth), which a pipeline cannot express')
+  checkpoints.restore_tf1_checkpoint(model.net, checkpoints.resolve_checkpoint(run_dir), ema=ema)
+  return model.net, fmt.scheduler_config(model.diffusion)
+
+
+def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
+  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts."""
+  path = str(name_or_path)
+  if not os.path.exists(path) and not os.path.exists(path + '.index'):
+    if path.count('/') != 1 or path.startswith(('.', '/')):
+      raise FileNotFoundError(f'{path!r} is not a local folder, a checkpoint prefix or a Hub id '
+                              f'(owner/name)')
+    path = download(path, revision=revision)
+  if subfolder:
+    path = os.path.join(path, subfolder)
+  if os.path.isdir(path):
+    if _is_diffusers_folder(path):
+      return load_diffusers_folder(path)
+    if os.path.exists(os.path.join(path, 'kwargs.json')):
+      return load_run_dir(path, ema=ema)
+    if tf.train.latest_checkpoint(path):  # an unpacked release folder
+      return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
+    raise FileNotFoundError(f'{path} holds no model: expected a diffusers folder (config.json or '
+                            f'model_index.json), a run directory (kwargs.json) or TF1 checkpoints')
+  return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+class ImagePipelineOutput:
+  """``.images``: a list of PIL images, or float32 [N, H, W, C] in [0, 1] for 'np'."""
+
+  def __init__(self, images):
+    self.images = images
+
+
+class _Progress:
+  """A tqdm bar ticked from inside the compiled loop (one tick per network evaluation)."""
+
+  def __init__(self):
+    self.bar = None
+
+  def tick(self):
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def wrap(self, denoise_fn):
+    def denoise(x, t):
+      out = denoise_fn(x, t)
+      with tf.control_dependencies([out]):
+        done = tf.py_function(self.tick, [], [])
+      with tf.control_dependencies(done):
+        return tf.identity(out)
+    return denoise
+
+
+class Pipeline:
+  """A `UNet` + a diffusion (from a diffusers scheduler config) + a sampler of `sampling`.
+
+  ``scheduler_config`` is the config as this class's diffusers scheduler reads it (defaults
+  filled in). The sampling loop is compiled once per batch size and step count with the
+  U-Net's weights as constants (`nn.constant_weights`), read at the first call: change the
+  weights and you need a new pipeline.
+  """
+  scheduler_class = 'DDPMScheduler'
+  pipeline_class = 'DDPMPipeline'
+  default_steps = 1000
+
+  def __init__(self, unet, scheduler_config):
+    self.unet = unet
+    self.diffusion, self.scheduler_config = fmt.diffusion_from_scheduler_config(
+        scheduler_config, self.scheduler_class)
+    self._raw_scheduler_config = dict(scheduler_config)
+    self._loops = {}
+    self._progress = _Progress()
+
+  @classmethod
+  def from_pretrained(cls, name_or_path, *, subfolder=None, revision=None, ema=True,
+                      resolution=None):
+    """Loads a Hub repo id, a diffusers folder, a run directory or a TF1 checkpoint prefix
+    (``ema``: its EMA weights; ``resolution``: for a checkpoint whose U-Net is not an
+    original configuration)."""
+    unet, scheduler_config = load_pretrained(name_or_path, subfolder=subfolder, revision=revision,
+                                             ema=ema, resolution=resolution)
+    return cls(unet, scheduler_config)
+
+  def save_pretrained(self, out_dir, *, overwrite=False):
+    """Writes the diffusers layout: model_index.json, unet/config.json,
+    unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json. An existing
+    model there is an error unless ``overwrite``."""
+    files = [os.path.join(out_dir, f) for f in (
+        MODEL_INDEX, 'unet/config.json', f'unet/{fmt.WEIGHTS_SAFETENSORS}',
+        'scheduler/scheduler_config.json')]
+    existing = [f for f in files if os.path.exists(f)]
+    if existing and not overwrite:
+      raise FileExistsError(f'{out_dir} already holds a model ({", ".join(existing)}); pass '
+                            f'overwrite=True (--overwrite) or another folder')
+    unet_config = fmt.unet_config(self.unet)  # refuses what diffusers cannot express, first
+    sched = fmt.scheduler_config(self.diffusion, self.scheduler_class,
+                                 **{k: v for k, v in self.scheduler_config.items()
+                                    if k not in ('beta_schedule', 'trained_betas', 'beta_start',
+                                                 'beta_end', 'num_train_timesteps',
+                                                 'prediction_type')})
+    index = {'_class_name': self.pipeline_class, '_diffusers_version': fmt.DIFFUSERS_VERSION,
+             'scheduler': ['diffusers', self.scheduler_class], 'unet': ['diffusers', 'UNet2DModel']}
+    fmt.write_weights(os.path.join(out_dir, 'unet'), fmt.state_dict(self.unet), overwrite=True)
+    for path, obj in zip((files[0], files[1], files[3]), (index, unet_config, sched)):
+      utils.atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode())
+    return out_dir
+
+  # -- sampling
+
+  @property
+  def image_shape(self):
+    return (self.unet.resolution, self.unet.resolution, self.unet.in_ch)
+
+  def _denoise(self, x, t):
+    return self.unet(x, t, training=False)
+
+  def _sample(self, x_T, noise_fn, num_inference_steps, **options):
+    raise NotImplementedError
+
+  def _generator(self, seed, generator):
+    if generator is not None:
+      return generator
+    if seed is not None:
+      return tf.random.Generator.from_seed(int(seed))
+    return tf.random.Generator.from_non_deterministic_state()
+
+  def __call__(self, batch_size=1, num_inference_steps=None, *, seed=None, generator=None,
+               latents=None, output_type='pil', progress=True, **options):
+    """Samples ``batch_size`` images. ``latents``: x_T [N, H, W, C] (default: drawn from
+    ``generator``, a `tf.random.Generator`, or one seeded with ``seed``)."""
+    if output_type not in OUTPUT_TYPES:
+      raise ValueError(f'output_type must be one of {OUTPUT_TYPES}, got {output_type!r}')
+    steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
+    gen = self._generator(seed, generator)
+    shape = (int(batch_size), *self.image_shape)
+    if latents is None:
+      latents = gen.normal(shape, dtype=tf.float32)
+    latents = tf.convert_to_tensor(latents, tf.float32)
+    if tuple(latents.shape) != shape:
+      raise ValueError(f'latents must have shape {shape} (batch_size, H, W, C), got {tuple(latents.shape)}')
+    key = (shape, steps, tuple(sorted(options.items())), id(gen))
+    loop = self._loops.get(key)
+    if loop is None:
+      noise_fn = lambda shape, dtype: gen.normal(shape, dtype=dtype)
+      with nn.constant_weights():  # traced now, so the weights are read now
+        loop = tf.function(lambda x: self._sample(x, noise_fn, steps, **options)).get_concrete_function(
+            tf.TensorSpec(shape, tf.float32))
+      self._loops = {key: loop}  # one compiled loop at a time (the generator is part of it)
+    if progress:
+      from tqdm.auto import tqdm
+      self._progress.bar = tqdm(total=self.num_evaluations(steps), desc=type(self).__name__)
+    try:
+      x = loop(latents).numpy()
+    finally:
+      if self._progress.bar is not None:
+        self._progress.bar.close()
+      self._progress.bar = None
+    images = np.clip(x / 2 + 0.5, 0., 1.).astype(np.float32)
+    if output_type == 'np':
+      return ImagePipelineOutput(images)
+    from PIL import Image
+    pixels = (images * 255).round().astype(np.uint8)
+    return ImagePipelineOutput([Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels])
+
+  def num_evaluations(self, steps):
+    return steps
+
+
+class DDPMPipeline(Pipeline):
+  """Ancestral sampling (1000 steps by default; fewer steps respace the process as
+  diffusers' DDPMScheduler does)."""
+
+  def _sample(self, x_T, noise_fn, num_inference_steps, **options):
+    if options:
+      raise TypeError(f'DDPMPipeline takes no options {sorted(options)}')
+    diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)
+    T = diffusion.num_timesteps
+    if num_inference_steps != T:
+      timesteps = sampling.diffusers_timesteps(self.scheduler_config, num_inference_steps)[::-1]
+      diffusion, wrap = sampling.respace(diffusion, timesteps)
+      denoise = wrap(denoise)
+    clip, B = bool(self.scheduler_config['clip_sample']), x_T.shape[0]
+
+    def body(i, x):
+      return (diffusion.p_sample(denoise_fn=denoise, x=x, t=tf.fill([B], i), noise_fn=noise_fn,
+                                 clip_denoised=clip, return_pred_xstart=False),)
+
+    return timestep_loop(diffusion.num_timesteps, body, (x_T,))[0]
