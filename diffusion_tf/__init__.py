@@ -8,6 +8,10 @@
     samples = diffusion.p_sample_loop(lambda x, t: net(x, t), shape=(16, 32, 32, 3))
 """
 
+from . import startup
+
+startup.import_tensorflow_quietly()  # before anything below imports TensorFlow
+
 from . import checkpoints, diffusion_utils, diffusion_utils_2, nn, utils
 from .diffusion_base import get_beta_schedule, normal_kl
 from .diffusion_utils import GaussianDiffusion

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, sampling, utils
+from . import checkpoints, sampling, startup, utils
 from .diffusion_base import get_beta_schedule
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
@@ -316,6 +316,7 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
   ``OUT.npz`` and ``OUT.png``. Returns the uint8 samples [N, H, W, C]."""
   model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema,
                                                     mixed_precision=mixed_precision)
+  startup.announce_devices(tf.distribute.get_strategy())
   print(f'Loaded {"EMA" if ema else "raw"} weights from {prefix} (step {step})')
   if out is None:
     tag = f'{sampler}{steps or model.diffusion.num_timesteps}' + (f'_eta{eta}' if sampler == 'ddim' else '')

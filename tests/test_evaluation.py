@@ -168,6 +168,26 @@ def test_eval_worker_end_to_end(run_dir, stats_dir, dataset, model):
     np.testing.assert_allclose(record2[k], record[k], rtol=1e-6, err_msg=k)
 
 
+def _batch_order_error_bound(ext):
+  """Bound on how much one 'pool_3' feature of the random-projection extractor may change
+  when the batch shape changes: the GEMM/conv kernel a shape gets may sum in another order.
+
+  Two float32 orders of one chain of sums differ by at most 2 * gamma_N * A (first order,
+  Higham, Accuracy and Stability, 3.1), gamma_N = N u / (1 - N u), u = 2^-24, where N counts
+  the terms summed along the chain (3x3x3 conv + bias, 8x8 average pool, projection) and A
+  is the chain evaluated on absolute values. Preprocessed pixels are in [-1, 1], so
+  A <= max_c (sum |w_conv[..., c]| + |b_c|) * max_j sum_k |w_proj[k, j]|. ReLU and tanh are
+  1-Lipschitz; tanh itself is elementwise, within 4 ulp however it is vectorised.
+  """
+  w_conv, b_conv, w_proj = (np.abs(t.numpy().astype(np.float64))
+                            for t in (ext._w_conv, ext._b_conv, ext._w_proj))
+  n_terms = 27 + 1 + ext._POOL ** 2 + w_proj.shape[0]
+  u = 2. ** -24
+  gamma = n_terms * u / (1 - n_terms * u)
+  a = (w_conv.sum(axis=(0, 1, 2)) + b_conv).max() * w_proj.sum(axis=0).max()
+  return 2 * gamma * a + 8 * u
+
+
 def test_fid_of_identical_sets_is_zero(dataset):
   """Real uint8 images through the reference path, and the same images as [-1, 1] "samples"
   through the evaluation's sample path: FID ~ 0, equal IS; a different set: FID clearly > 0."""
@@ -175,12 +195,23 @@ def test_fid_of_identical_sets_is_zero(dataset):
   images = datasets.load_digits_array(RES)
   a, b = images[:400], images[400:800]
   real = reference_stats.compute_reference_stats(a, ext, batch_size=64)
-  same = eval_worker.sample_feature_stats(normalize_data(a.astype(np.float32)), ext, batch_size=50)
+  # Same batch shapes, same float32 pixels: the same kernels on every CPU, the same numbers.
+  same = eval_worker.sample_feature_stats(normalize_data(a.astype(np.float32)), ext, batch_size=64)
   other = eval_worker.sample_feature_stats(normalize_data(b.astype(np.float32)), ext)
   assert same['count'] == real['count'] == 400
   np.testing.assert_allclose(same['mu'], real['mu'], rtol=0, atol=1e-10)
   np.testing.assert_allclose(same['sigma'], real['sigma'], rtol=0, atol=1e-10)
   np.testing.assert_allclose(same['inception_score'], real['inception_score'], rtol=1e-10)
+  # Other batch shapes (8 x 50 instead of 6 x 64 + 16): only the summation order inside
+  # the float32 kernels may change, by at most `delta` per feature. The mean moves by at
+  # most delta; a covariance entry by n/(n-1) (2 delta max|f - mu| + delta^2) with |f| <= 1.
+  rebatched = eval_worker.sample_feature_stats(normalize_data(a.astype(np.float32)), ext,
+                                               batch_size=50)
+  delta = _batch_order_error_bound(ext)
+  assert rebatched['count'] == 400
+  np.testing.assert_allclose(rebatched['mu'], real['mu'], rtol=0, atol=delta)
+  np.testing.assert_allclose(rebatched['sigma'], real['sigma'], rtol=0,
+                             atol=400 / 399 * (4 * delta + delta ** 2))
   # ~0 up to the numerical floor of the matrix square root (FID of the set with itself).
   fid_same = reference_stats.fid_from_stats(real, same)
   assert abs(fid_same) < 1e-4

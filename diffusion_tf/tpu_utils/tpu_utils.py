@@ -19,7 +19,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import checkpoints, nn, utils
+from .. import checkpoints, nn, startup, utils
 from ..checkpoints import EMA_SUFFIX, resolve_checkpoint
 from ..errors import UserError
 from ..models.unet import tf1_name
@@ -68,7 +68,13 @@ class Model:
 def resolve_strategy(tpu=None, zone=None, project=None):
   """The `tf.distribute` strategy for the flags: ``tpu`` -> TPUStrategy; a ``TF_CONFIG``
   cluster -> MultiWorkerMirroredStrategy; several GPUs -> MirroredStrategy; otherwise
-  the default strategy (one CPU or GPU)."""
+  the default strategy (one CPU or GPU). Prints which devices that is, once."""
+  strategy = _resolve_strategy(tpu, zone, project)
+  startup.announce_devices(strategy)
+  return strategy
+
+
+def _resolve_strategy(tpu, zone, project):
   if tpu:
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu, zone=zone, project=project)
     tf.config.experimental_connect_to_cluster(resolver)
