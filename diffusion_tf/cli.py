@@ -4,10 +4,12 @@ Every command's flags are checked (`validation`) before the command runs, so a b
 never leaves a directory or file behind. Errors the user causes (`USER_ERRORS`) are printed
 as one ``error: ...`` message on stderr with exit status 2, without a traceback; ``--debug``
 (anywhere on the command line) or ``DIFFUSION_TF_DEBUG=1`` shows it. Every other exception is
-a bug of ours and keeps its traceback. Fire's own usage errors exit 2 as before.
+a bug of ours and keeps its traceback. A flag the command does not take is refused before
+it runs; Fire's other usage errors exit 2 as before.
 """
 
 import functools
+import inspect
 import os
 import sys
 
@@ -15,7 +17,7 @@ import fire
 import tensorflow as tf
 
 from . import validation
-from .errors import UserError
+from .errors import FlagError, UserError
 
 # FileNotFoundError covers DatasetNotFoundError and InceptionGraphNotFound; FileExistsError
 # the outputs a command refuses to overwrite; the permission errors an unwritable directory.
@@ -36,6 +38,25 @@ def validated(fn):
   return command
 
 
+def check_flag_names(commands, argv):
+  """Raises FlagError for a ``--flag`` the named command does not take. (Fire would call the
+  command with the flags it knows and complain about the rest only after it returned, e.g.
+  after a whole training run with a misspelt --max_steps.)"""
+  if not argv or argv[0] not in commands:
+    return  # no command named: Fire lists them
+  params = inspect.signature(commands[argv[0]]).parameters
+  for token in argv[1:]:
+    if token == '--':
+      break  # Fire's own flags follow
+    if not token.startswith('--') or len(token) == 2:
+      continue
+    name = token[2:].split('=', 1)[0].replace('-', '_')
+    if name == 'help' or name in params or (name.startswith('no') and name[2:] in params):
+      continue
+    raise FlagError(f'{argv[0]} has no flag --{name}; its flags: '
+                    + ', '.join(f'--{p}' for p in params))
+
+
 def _message(e):
   if isinstance(e, tf.errors.OpError):
     return e.message
@@ -48,6 +69,7 @@ def main(commands, argv=None):
   debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
   argv = [a for a in argv if a != DEBUG_FLAG]
   try:
+    check_flag_names(commands, argv)
     fire.Fire({name: validated(fn) for name, fn in commands.items()}, command=argv)
   except USER_ERRORS as e:
     if debug:

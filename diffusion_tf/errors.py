@@ -13,3 +13,7 @@ class FlagError(UserError, ValueError):
 
 class DamagedCheckpointError(UserError, ValueError):
   """A checkpoint's files are incomplete or unreadable."""
+
+
+class DamagedFileError(UserError, ValueError):
+  """A file the user's run depends on (e.g. kwargs.json) cannot be read."""

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, sampling, startup, utils
+from . import checkpoints, integrity, sampling, startup, utils
 from .diffusion_base import get_beta_schedule
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
@@ -282,7 +282,7 @@ def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True, mi
   """
   if bool(model_dir) == bool(ckpt):
     raise ValueError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint prefix)')
-  prefix = checkpoints.resolve_checkpoint(model_dir or ckpt)
+  prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
   kw = read_run_kwargs(model_dir or os.path.dirname(prefix), script_defaults(train_fn))
   if mixed_precision is not None:
     kw['mixed_precision'] = mixed_precision
@@ -340,7 +340,7 @@ def read_run_kwargs(run_dir, defaults=None):
   which are the released models' settings; with no defaults that is an error."""
   path = os.path.join(run_dir, 'kwargs.json')
   if tf.io.gfile.exists(path):
-    recorded = tpu_utils.with_older_defaults(utils.read_json(path), defaults or {})
+    recorded = tpu_utils.with_older_defaults(tpu_utils.load_train_kwargs(run_dir), defaults or {})
     return dict(defaults or {}, **recorded)
   if defaults is None:
     raise FileNotFoundError(f'{path} not found: --model_dir must be a training run directory '

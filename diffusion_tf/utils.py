@@ -25,9 +25,13 @@ def atomic_write(path, data: bytes, *, overwrite=True):
   if parent:
     tf.io.gfile.makedirs(parent)
   tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=overwrite)
+  try:
+    with tf.io.gfile.GFile(tmp, 'wb') as f:
+      f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=overwrite)
+  finally:  # a write that failed midway (a full disk) leaves no partial file behind
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
 
 
 def write_json(path, obj, *, overwrite=True):

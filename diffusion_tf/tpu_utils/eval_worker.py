@@ -43,7 +43,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import checkpoints, sampling, utils
+from .. import checkpoints, integrity, sampling, utils
 from . import classifier_metrics_numpy, inception, reference_stats
 from .tpu_utils import unnormalize_data
 
@@ -429,7 +429,8 @@ class EvalWorker:
     kept = 0
     for i, path in enumerate(paths):
       n_i = min(bs, N - i * bs)
-      if tf.io.gfile.exists(path):
+      if tf.io.gfile.exists(path) and not integrity.set_aside_if_damaged(path, 'sample shard',
+                                                                          self.log):
         with tf.io.gfile.GFile(path, 'rb') as f, np.load(io.BytesIO(f.read())) as z:
           have = z['samples'].shape
         if have[0] != n_i or tuple(have[1:]) != tuple(self.model.image_shape):
@@ -462,15 +463,30 @@ class EvalWorker:
       name += f'_{sb.spacing}'
     return name + (f'_eta{sb.eta}' if sb.sampler == 'ddim' else '')
 
-  def _checkpoints(self, logdir, load_ckpt, poll_interval, timeout):
+  def _checkpoints(self, logdir, load_ckpt, poll_interval, timeout, once=False):
     if load_ckpt:
       path = os.path.join(logdir, load_ckpt)
       if not tf.io.gfile.exists(path + '.index'):
         raise FileNotFoundError(f'Checkpoint {path} not found (no {path}.index); --load_ckpt is '
                                 f'relative to --model_dir, e.g. model.ckpt-1000000')
-      return [path]
+      return [integrity.requested_checkpoint(path, '--load_ckpt')]
+    if once:
+      latest = integrity.newest_intact_checkpoint(logdir, self.log)
+      if latest is not None:
+        return [latest]
     self.log(f'Watching {logdir} for checkpoints' + (f' (timeout {timeout} s)' if timeout else ''))
-    return tf.train.checkpoints_iterator(logdir, min_interval_secs=poll_interval, timeout=timeout)
+    return self._intact(tf.train.checkpoints_iterator(logdir, min_interval_secs=poll_interval,
+                                                      timeout=timeout))
+
+  def _intact(self, ckpts):
+    """The whole ones of ``ckpts``; a damaged one is reported and skipped (left in place: the
+    directory's trainer sets it aside when it resumes)."""
+    for ckpt in ckpts:
+      reason = integrity.checkpoint_damage(ckpt)
+      if reason is not None and tf.io.gfile.exists(ckpt + '.index'):
+        self.log(f'WARNING: checkpoint {ckpt} is damaged ({reason}); skipping it')
+        continue
+      yield ckpt  # whole, or removed by the trainer's retention (reported below)
 
   def run(self, logdir, once=False, skip_non_ema_pass=True, dump_samples_only=False,
           load_ckpt=None, samples_dir=None, seed=0, poll_interval=60, timeout=None):
@@ -492,7 +508,7 @@ class EvalWorker:
     eval_dir = os.path.join(logdir, self.eval_dir_name(once))
     passes = [(True, 'eval_ema')] + ([] if skip_non_ema_pass else [(False, 'eval')])
     writer, results = None, {}
-    for ckpt in self._checkpoints(logdir, load_ckpt, poll_interval, timeout):
+    for ckpt in self._checkpoints(logdir, load_ckpt, poll_interval, timeout, once):
       step = checkpoint_step(ckpt)
       if not dump_samples_only and all(
           tf.io.gfile.exists(self.metrics_path(eval_dir, step, ema)) for ema, _ in passes):

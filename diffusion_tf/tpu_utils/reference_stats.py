@@ -21,6 +21,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
+from diffusion_tf import integrity
 from diffusion_tf.errors import UserError
 from diffusion_tf.tpu_utils import classifier_metrics_numpy
 from diffusion_tf.tpu_utils import inception
@@ -197,7 +198,8 @@ def get_or_compute_reference_stats(images, extractor, *, dataset, split, resolut
   name = inception.extractor_name(extractor)
   cache_dir = cache_dir or default_stats_cache_dir()
   path = stats_cache_path(cache_dir, dataset, split, resolution, name, count)
-  if tf.io.gfile.exists(path):
+  if tf.io.gfile.exists(path) and not integrity.set_aside_if_damaged(
+      path, 'cached reference statistics'):
     stats = load_stats(path)
     if stats['extractor'] != name:
       raise ReferenceStatsMismatch(

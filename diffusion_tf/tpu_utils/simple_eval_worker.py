@@ -30,7 +30,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import checkpoints, utils
+from .. import checkpoints, integrity, utils
 from .eval_worker import Progress, ReplicatedFn, _is_model, _print, checkpoint_step
 from .tpu_utils import normalize_data
 
@@ -181,8 +181,9 @@ class SimpleEvalWorker:
       if not tf.io.gfile.exists(ckpt + '.index'):
         raise FileNotFoundError(f'Checkpoint {ckpt} not found (no {ckpt}.index); --load_ckpt is '
                                 f'relative to --model_dir, e.g. model.ckpt-790000')
+      integrity.requested_checkpoint(ckpt, '--load_ckpt')
     else:
-      ckpt = checkpoints.resolve_checkpoint(logdir)
+      ckpt = integrity.checkpoint_to_read(logdir, '--model_dir', self.log)
     step = checkpoint_step(ckpt)
     out_root = os.path.join(logdir, 'simple_eval')
     if mode in ('bpd_train', 'bpd_eval'):

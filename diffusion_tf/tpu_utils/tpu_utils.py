@@ -19,9 +19,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import checkpoints, nn, startup, utils
-from ..checkpoints import EMA_SUFFIX, resolve_checkpoint
-from ..errors import UserError
+from .. import checkpoints, integrity, nn, startup, utils
+from ..checkpoints import EMA_SUFFIX
+from ..errors import DamagedFileError, UserError
 from ..models.unet import tf1_name
 
 CLIP_MODES = ('global', 'per_replica')
@@ -373,7 +373,15 @@ class KwargsMismatchError(UserError, ValueError):
 
 
 def load_train_kwargs(model_dir):
-  return utils.read_json(os.path.join(model_dir, 'kwargs.json'))
+  """The run's kwargs.json; `DamagedFileError` if it is not valid JSON."""
+  path = os.path.join(model_dir, 'kwargs.json')
+  try:
+    return utils.read_json(path)
+  except ValueError as e:
+    raise DamagedFileError(
+        f'{path} is not valid JSON ({e}); it records the settings of the run in {model_dir}. '
+        f'Repair it (a kwargs.json.*.bak beside it may hold a previous copy), or use another '
+        f'--exp_name or --log_dir.') from None
 
 
 class RunDirectoryBusyError(UserError, RuntimeError):
@@ -440,19 +448,25 @@ def acquire_run_lock(model_dir, log_fn=utils.log):
   raise RunDirectoryBusyError(f'could not claim {path}')
 
 
-def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch):
+def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch, log_fn=utils.log):
   path = os.path.join(model_dir, 'kwargs.json')
   kwargs = _jsonable(kwargs)
   if tf.io.gfile.exists(path):
-    recorded = utils.read_json(path)
-    old = with_older_defaults(recorded, kwargs)
-    diff = sorted(k for k in set(old) | set(kwargs)
-                  if k not in RESUME_SAFE_KWARGS and old.get(k) != kwargs.get(k))
-    if diff and not allow_mismatch:
-      lines = '\n'.join(f'  {k}: existing {old.get(k)!r}, now {kwargs.get(k)!r}' for k in diff)
-      raise KwargsMismatchError(
-          f'{path} records a run with different settings:\n{lines}\nUse another --exp_name or '
-          f'--log_dir, or pass --allow_kwargs_mismatch to continue this run with the new settings.')
+    if not integrity.checkpoint_prefixes(model_dir):
+      # A start that failed before its first checkpoint is not a run to protect.
+      log_fn(f'{path} records settings but {model_dir} holds no checkpoint: replacing it with '
+             f'these settings')
+      recorded = None
+    else:
+      recorded = load_train_kwargs(model_dir)
+      old = with_older_defaults(recorded, kwargs)
+      diff = sorted(k for k in set(old) | set(kwargs)
+                    if k not in RESUME_SAFE_KWARGS and old.get(k) != kwargs.get(k))
+      if diff and not allow_mismatch:
+        lines = '\n'.join(f'  {k}: existing {old.get(k)!r}, now {kwargs.get(k)!r}' for k in diff)
+        raise KwargsMismatchError(
+            f'{path} records a run with different settings:\n{lines}\nUse another --exp_name or '
+            f'--log_dir, or pass --allow_kwargs_mismatch to continue this run with the new settings.')
     if recorded == kwargs:
       return
     # Keep the previous record rather than overwrite it.
@@ -557,7 +571,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   # next training of this directory is never refused because of this process.
   try:
     if dump_kwargs is not None and chief:
-      _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch)
+      _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch, log_fn)
     log_fn(f'model_dir: {model_dir}')
 
     if seed is not None:
@@ -570,14 +584,14 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
            f'in {len(variables)} variables; {num_replicas} replica(s), {local_bs} examples each')
 
     # Resume, or warm-start a new run.
-    latest = tf.train.latest_checkpoint(model_dir)
+    latest = integrity.newest_intact_checkpoint(model_dir, log_fn, set_aside_damaged=chief)
     if latest:
       missing = state.restore(latest)
       if missing:
         raise ValueError(f'{latest} lacks {len(missing)} training variables, e.g. {missing[:5]}')
       log_fn(f'Resuming from {latest} (step {int(state.global_step.numpy())})')
     elif warm_start_from:
-      ckpt = resolve_checkpoint(warm_start_from)
+      ckpt = integrity.checkpoint_to_read(warm_start_from, '--warm_start_model_dir', log_fn)
       missing = state.restore(ckpt, include_step=False)
       log_fn(f'Warm-started from {ckpt}' + (f' ({len(missing)} variables not in it kept their '
                                              f'initial values)' if missing else ''))
