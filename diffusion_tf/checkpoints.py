@@ -109,6 +109,17 @@ def tf1_saver(var_list, **kwargs):
     logger.setLevel(level)
 
 
+def checkpoint_mtimes(prefixes):
+  """[(prefix, modification time in seconds)] of the checkpoints that exist, by their
+  ``.index`` files (what TF's deprecated ``get_checkpoint_mtimes`` did, for retention)."""
+  out = []
+  for prefix in prefixes:
+    index = prefix + '.index'
+    if tf.io.gfile.exists(index):
+      out.append((prefix, tf.io.gfile.stat(index).mtime_nsec / 1e9))
+  return out
+
+
 def write_tf1_checkpoint(prefix, var_dict, *, global_step=None, max_to_keep=None):
   """Writes ``{tf1_name: variable_or_tensor}`` as a name-based checkpoint.
 

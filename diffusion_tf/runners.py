@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, integrity, sampling, startup, utils
+from . import checkpoints, integrity, interop, sampling, startup, utils
 from .diffusion_base import get_beta_schedule
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
@@ -311,9 +311,11 @@ def write_samples(out_prefix, samples, *, overwrite=False):
 
 def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm',
            steps=None, eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None, summary_fn=None):
   """The scripts' ``sample`` command: draw samples from a run or a checkpoint and write
-  ``OUT.npz`` and ``OUT.png``. Returns the uint8 samples [N, H, W, C]."""
+  ``OUT.npz`` and ``OUT.png`` (and, if asked, ``export_npz`` with ``arr_0`` and PNGs in
+  ``export_png_dir``, see `interop`), then one summary line (with ``summary_fn(images)``
+  appended, e.g. the digits' recognisable share). Returns the uint8 samples [N, H, W, C]."""
   model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema,
                                                     mixed_precision=mixed_precision)
   startup.announce_devices(tf.distribute.get_strategy())
@@ -322,10 +324,13 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
     tag = f'{sampler}{steps or model.diffusion.num_timesteps}' + (f'_eta{eta}' if sampler == 'ddim' else '')
     out = os.path.join(model_dir or os.path.dirname(prefix), f'samples_{tag}_ema{int(bool(ema))}_step{step}')
   _check_free(out, overwrite)  # fail before sampling for an hour, not after
+  interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
   samples = sampling.generate_samples(model, num_samples, batch_size, sampler=sampler, steps=steps,
                                       eta=eta, spacing=spacing, seed=seed)
   images = write_samples(out, samples, overwrite=overwrite)
-  print(f'Wrote {out}.npz ({images.shape[0]} samples) and {out}.png')
+  exported = interop.export_samples(images, npz=export_npz, png_dir=export_png_dir)
+  print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png'
+        + (f', {exported}' if exported else '') + (f'; {summary_fn(images)}' if summary_fn else ''))
   return images
 
 
@@ -350,9 +355,10 @@ def read_run_kwargs(run_dir, defaults=None):
   return dict(defaults)
 
 
-def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None):
+def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None, check=True):
   """The run's data set, with the evaluation's data-path flags (mapped to the bucket when
-  ``bucket_name_prefix`` is given) overriding those recorded in kwargs.json."""
+  ``bucket_name_prefix`` is given) overriding those recorded in kwargs.json; ``check``: fail
+  now if its images are missing."""
   kw = dict(kw)
   _, paths = resolve_paths(bucket_name_prefix, region,
                            **{k: v for k, v in (data_paths or {}).items() if v is not None})
@@ -360,7 +366,8 @@ def eval_dataset(kw, *, bucket_name_prefix=None, region=None, data_paths=None):
   for k, v in paths.items():
     print(f'{k}: {v}')
   ds = get_dataset_from_kwargs(kw)
-  ds.check_available()  # fail before building the model or connecting to a TPU
+  if check:
+    ds.check_available()  # fail before building the model or connecting to a TPU
   return kw, ds
 
 
@@ -391,31 +398,48 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
                bucket_name_prefix=None, region=None, data_paths=None, once=False,
                dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None,
-               seed=0, stats_cache_dir=None, features='inception', poll_interval=60,
-               timeout=None):
+               seed=0, stats_cache_dir=None, features='inception', ref_stats=None,
+               export_npz=None, export_png_dir=None, poll_interval=60, timeout=None):
   """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
 
   Reads the model configuration from ``<model_dir>/kwargs.json`` (or the script's
   ``defaults`` for a release folder without one); loads the feature
   extractor first (not needed with ``dump_samples_only``), so a missing Inception graph is
-  reported before any work. Returns None.
+  reported before any work. ``ref_stats``: a TTUR / pytorch-fid statistics file to compare
+  with instead of the data set's images (see `interop`). ``export_npz`` / ``export_png_dir``
+  (with ``dump_samples_only`` of one checkpoint): the dumped samples also as one ``arr_0``
+  .npz / a folder of PNGs. Returns None.
   """
   from .tpu_utils import eval_worker
+  if (export_npz or export_png_dir) and not (dump_samples_only and (once or load_ckpt)):
+    raise ValueError('--export_npz / --export_png_dir need --dump_samples_only and one checkpoint '
+                     '(--once or --load_ckpt)')
+  if ref_stats and dump_samples_only:
+    raise ValueError('--ref_stats is for FID; --dump_samples_only computes none')
+  interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
   kw = read_run_kwargs(model_dir, defaults)
-  extractor = None
+  extractor = reference = None
   if not dump_samples_only:
+    reference = interop.load_reference_stats(ref_stats) if ref_stats else None
     extractor = make_eval_extractor(inception_graph, features=features)
   kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
-                        data_paths=data_paths)
+                        data_paths=data_paths, check=not ref_stats)
   strategy = tpu_utils.resolve_strategy(tpu_name)
   worker = eval_worker.EvalWorker(
       lambda: make_model(kw, ds.image_shape, ds.num_classes), total_bs, ds,
       inception_bs=total_bs, num_inception_samples=num_inception_samples,
       limit_dataset_size=limit_dataset_size, extractor=extractor, stats_cache_dir=stats_cache_dir,
-      sampler=sampler, steps=steps, eta=eta, spacing=spacing, strategy=strategy)
-  worker.run(logdir=model_dir, once=once, skip_non_ema_pass=True,
-             dump_samples_only=dump_samples_only, load_ckpt=load_ckpt, samples_dir=samples_dir,
-             seed=seed, poll_interval=poll_interval, timeout=timeout)
+      sampler=sampler, steps=steps, eta=eta, spacing=spacing, strategy=strategy,
+      ref_stats=reference)
+  results = worker.run(logdir=model_dir, once=once, skip_non_ema_pass=True,
+                       dump_samples_only=dump_samples_only, load_ckpt=load_ckpt,
+                       samples_dir=samples_dir, seed=seed, poll_interval=poll_interval,
+                       timeout=timeout)
+  if (export_npz or export_png_dir) and results:
+    (paths,) = results.values()
+    images = interop.read_sample_shards(paths)
+    print(f'Exported {len(images)} samples to '
+          f'{interop.export_samples(images, npz=export_npz, png_dir=export_png_dir)}')
 
 
 def simple_eval(*, model_dir, mode, total_bs, defaults=None, tpu_name=None, bucket_name_prefix=None, region=None,

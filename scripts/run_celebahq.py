@@ -25,35 +25,43 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
           mixed_precision=None, folder=None, resolution=None):
   """Trains the CelebA-HQ model; re-running the same command resumes the run.
   With --dataset folder --folder DIR --resolution R it trains the same recipe on any images."""
-  return runners.train(dict(locals()), iterations_per_loop=1000)
+  runners.train(dict(locals()), iterations_per_loop=1000)
 
 
 def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=128, tfds_data_dir='tensorflow_datasets',
                *, load_ckpt=None, region=None, num_inception_samples=2048, samples_dir=None,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
-               stats_cache_dir=None):
+               stats_cache_dir=None, ref_stats=None,
+               export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the 29952 train images
   (there is no test split). Watches --model_dir for new checkpoints unless --once or
   --load_ckpt (new; e.g. model.ckpt-560000); --dump_samples_only writes .npz shards instead.
   --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
-  Reference statistics of the real images are cached (--stats_cache_dir)."""
+  Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
+  compares with a TTUR / pytorch-fid statistics file (mu, sigma) instead (metric reffid).
+  --export_npz PATH / --export_png_dir DIR (with --dump_samples_only and --once or --load_ckpt)
+  also write the dumped samples as one .npz with arr_0 (guided-diffusion's evaluator) / as
+  PNG files (clean-fid, torch-fidelity)."""
   runners.evaluation(model_dir=model_dir, defaults=runners.script_defaults(train),
                      tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
                      region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
+                     ref_stats=ref_stats, export_npz=export_npz,
+                     export_png_dir=export_png_dir)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
-  diffusion_celeba_hq_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  diffusion_celeba_hq_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
   runners.sample(train, **locals())
 
 

@@ -26,7 +26,7 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
           resolution=None):
   """Trains the CIFAR-10 model; re-running the same command resumes the run.
   With --dataset folder --folder DIR --resolution R it trains the same recipe on any images."""
-  return runners.train(dict(locals()), iterations_per_loop=2000)
+  runners.train(dict(locals()), iterations_per_loop=2000)
 
 
 def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
@@ -34,21 +34,28 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                load_ckpt=None,
                *, region=None, num_inception_samples=50000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
-               stats_cache_dir=None):
+               stats_cache_dir=None, ref_stats=None,
+               export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 50000 samples against the train (49920) and
   test (9984) images. Watches --model_dir for new checkpoints unless --once or --load_ckpt
   (e.g. model.ckpt-790000); --dump_samples_only writes the samples as .npz shards instead.
   --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
-  Reference statistics of the real images are cached (--stats_cache_dir)."""
+  Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
+  compares with a TTUR / pytorch-fid statistics file (mu, sigma) instead (metric reffid).
+  --export_npz PATH / --export_png_dir DIR (with --dump_samples_only and --once or --load_ckpt)
+  also write the dumped samples as one .npz with arr_0 (guided-diffusion's evaluator) / as
+  PNG files (clean-fid, torch-fidelity)."""
   runners.evaluation(model_dir=model_dir, defaults=runners.script_defaults(train),
                      tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
                      region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
+                     ref_stats=ref_stats, export_npz=export_npz,
+                     export_png_dir=export_png_dir)
 
 
 def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eval', load_ckpt=None,
@@ -66,9 +73,10 @@ def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eva
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
-  diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
   runners.sample(train, **locals())
 
 

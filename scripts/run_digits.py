@@ -41,28 +41,34 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
     return
   step = int(state.global_step.numpy())
   out = os.path.join(state.model_dir, f'samples_ema_step{step}')
-  print(f'Sampling {num_sample_images} images with the EMA weights (1000 steps)...')
+  print(f'Sampling {num_sample_images} images with the EMA weights '
+        f'({num_diffusion_timesteps} steps)...')
   with tpu_utils.ema_scope(state.variables, state.ema_shadows):
     samples = sampling.generate_samples(state.model, num_sample_images, num_sample_images, seed=0)
   images = runners.write_samples(out, samples, overwrite=True)
-  print(f'Wrote {out}.png and {out}.npz')
-  print(digits_classifier.recognisable_digits(images).summary())
+  print(f'Wrote {len(images)} samples to {out}.npz and {out}.png; '
+        f'{digits_classifier.recognisable_digits(images).summary()}')
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a digits run (or checkpoint), writes OUT.npz and OUT.png and says how many
-  samples a digit classifier recognises."""
-  images = runners.sample(train, **locals())
-  print(digits_classifier.recognisable_digits(images).summary())
+  samples a digit classifier recognises.
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
+  runners.sample(train, model_dir=model_dir, ckpt=ckpt, num_samples=num_samples,
+                 batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                 seed=seed, ema=ema, out=out, overwrite=overwrite, mixed_precision=mixed_precision,
+                 export_npz=export_npz, export_png_dir=export_png_dir,
+                 summary_fn=lambda images: digits_classifier.recognisable_digits(images).summary())
 
 
 def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=100, load_ckpt=None,
                *, region=None, num_inception_samples=1000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', features='digits', inception_graph=None,
-               seed=0, stats_cache_dir=None):
+               seed=0, stats_cache_dir=None, ref_stats=None,
+               export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 1000 samples against the train (1700 in
   batches of 100) and eval (100) images, measured with the features of a digits classifier
   (--features digits, the default; see digits_features.py and the README for the scale:
@@ -71,7 +77,11 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
   cache or downloaded once, see inception.py).
   --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval).
-  Reference statistics of the real images are cached (--stats_cache_dir)."""
+  Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
+  compares with a TTUR / pytorch-fid statistics file (mu, sigma) instead (metric reffid).
+  --export_npz PATH / --export_png_dir DIR (with --dump_samples_only and --once or --load_ckpt)
+  also write the dumped samples as one .npz with arr_0 (guided-diffusion's evaluator) / as
+  PNG files (clean-fid, torch-fidelity)."""
   runners.evaluation(model_dir=model_dir, defaults=runners.script_defaults(train),
                      tpu_name=tpu_name, bucket_name_prefix=bucket_name_prefix,
                      region=region, once=once, dump_samples_only=dump_samples_only,
@@ -79,7 +89,9 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      features=features, sampler=sampler, steps=steps, eta=eta,
                      spacing=spacing, inception_graph=inception_graph, seed=seed,
-                     stats_cache_dir=stats_cache_dir)
+                     stats_cache_dir=stats_cache_dir,
+                     ref_stats=ref_stats, export_npz=export_npz,
+                     export_png_dir=export_png_dir)
 
 
 if __name__ == '__main__':

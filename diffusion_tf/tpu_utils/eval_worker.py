@@ -245,12 +245,15 @@ class EvalWorker:
       `reference_stats.default_stats_cache_dir()`).
     sampler, steps, eta, spacing: as `sampling.Sampler` (default: the 1000-step sampler).
     strategy: a `tf.distribute` strategy (default: the current one).
+    ref_stats: reference statistics from a file (`interop.load_reference_stats`, e.g.
+      TTUR's); FID is then ``samples/reffid{N}`` against them, and the data set's own
+      statistics are not computed (so its images are not needed).
   """
 
   def __init__(self, model_constructor_or_model, total_bs, dataset, *, inception_bs=None,
                num_inception_samples=1024, limit_dataset_size=0, extractor=None,
                stats_cache_dir=None, sampler='ddpm', steps=None, eta=0., spacing='uniform',
-               strategy=None, log_fn=None):
+               strategy=None, log_fn=None, ref_stats=None):
     self.strategy = strategy or tf.distribute.get_strategy()
     self.num_replicas = self.strategy.num_replicas_in_sync
     self.total_bs = int(total_bs)
@@ -269,6 +272,7 @@ class EvalWorker:
     if extractor is not None:
       inception.extractor_name(extractor)  # needs a name to key cached statistics
     self.extractor = extractor
+    self.ref_stats = ref_stats
 
     if _is_model(model_constructor_or_model):
       self.model = model_constructor_or_model
@@ -339,8 +343,23 @@ class EvalWorker:
     """{'train': stats, 'eval': stats or None}, computed once (and cached on disk)."""
     if self._real_stats is None:
       self._ensure_extractor()
-      self._real_stats = {'train': self._split_stats('train'), 'eval': self._split_stats('eval')}
+      if self.ref_stats is not None:
+        self._check_ref_stats()
+        self._real_stats = {'train': None, 'eval': None, 'ref': self.ref_stats}
+      else:
+        self._real_stats = {'train': self._split_stats('train'), 'eval': self._split_stats('eval')}
     return self._real_stats
+
+  def _check_ref_stats(self):
+    ref, name = self.ref_stats, inception.extractor_name(self.extractor)
+    dim = inception.extract_batch(self.extractor, np.zeros((1,) + tuple(self.dataset.image_shape),
+                                                           np.uint8))['pool_3'].shape[1]
+    if ref['mu'].shape[0] != dim or (ref.get('extractor') and ref['extractor'] != name):
+      raise reference_stats.ReferenceStatsMismatch(
+          f"--ref_stats {ref.get('source')} holds statistics of {ref['mu'].shape[0]}-dimensional "
+          f"features{' of ' + ref['extractor'] if ref.get('extractor') else ''}, but the feature "
+          f'network {name} gives {dim}')
+    self.log(f"Reference statistics: {ref.get('source')} ({dim}-dimensional features)")
 
   # --------------------------------------------------------------------------- sampling
 
@@ -364,14 +383,19 @@ class EvalWorker:
       progress.update(i + 1, f' ({min((i + 1) * bs, N)}/{N} images)')
     assert feats.count == N
     gen = feats.stats()
-    metrics = {'real_inception_score_train': real['train']['inception_score']}
+    metrics = {}
+    if real['train'] is not None:
+      metrics['real_inception_score_train'] = real['train']['inception_score']
     if real['eval'] is not None:
       metrics['real_inception_score'] = real['eval']['inception_score']
     key = 'samples'
     metrics[f'{key}/inception{N}'] = gen['inception_score']  # one split over all N
-    metrics[f'{key}/trainfid{N}'] = reference_stats.fid_from_stats(real['train'], gen)
+    if real['train'] is not None:
+      metrics[f'{key}/trainfid{N}'] = reference_stats.fid_from_stats(real['train'], gen)
     if real['eval'] is not None:
       metrics[f'{key}/fid{N}'] = reference_stats.fid_from_stats(real['eval'], gen)
+    if real.get('ref') is not None:
+      metrics[f'{key}/reffid{N}'] = reference_stats.fid_from_stats(real['ref'], gen)
     return {k: float(v) for k, v in metrics.items()}, first
 
   # --------------------------------------------------------------------------- outputs
@@ -394,7 +418,8 @@ class EvalWorker:
         'spacing': self.sample_batches.spacing,
         'extractor': inception.extractor_name(self.extractor),
         'dataset': dataset_cache_name(self.dataset),
-        'real_counts': {k: v['count'] for k, v in real.items() if v is not None},
+        'real_counts': {k: real[k]['count'] for k in ('train', 'eval') if real.get(k)},
+        'ref_stats': (self.ref_stats or {}).get('source'),
     }
 
   def _write_eval_and_samples(self, writer, eval_dir, ckpt, step, prefix, ema, seed):
@@ -409,9 +434,14 @@ class EvalWorker:
     record = dict(metrics, eval_config=self._eval_config(ckpt, step, ema, seed))
     utils.write_json(self.metrics_path(eval_dir, step, ema), record)  # last: marks completion
     self.log(json.dumps(metrics, sort_keys=True, indent=2))
-    self.log(f'Evaluated {ckpt} ({"EMA" if ema else "raw"} weights) in '
-             f'{_format_eta(time.time() - t0)}; '
-             f'wrote {self.metrics_path(eval_dir, step, ema)}')
+    N = self.num_inception_samples
+    fids = [(f'samples/trainfid{N}', 'train'), (f'samples/fid{N}', 'eval'),
+            (f'samples/reffid{N}', (self.ref_stats or {}).get('source'))]
+    self.log('FID ' + ', '.join(f'{metrics[k]:.4f} ({what})' for k, what in fids if k in metrics)
+             + f', IS {metrics[f"samples/inception{N}"]:.4f} of {N} samples of {ckpt} '
+             f'({"EMA" if ema else "raw"} weights, {inception.extractor_name(self.extractor)}) in '
+             f'{_format_eta(time.time() - t0)}; wrote {self.metrics_path(eval_dir, step, ema)} '
+             f'and {self.grid_path(eval_dir, step, ema)}')
     return metrics
 
   def shard_paths(self, samples_dir, step, ema=True):

@@ -200,5 +200,6 @@ class SimpleEvalWorker:
       out = self.dump_progressive_samples(step, os.path.join(out_root, 'progressive_samples'),
                                           num_samples=num_samples, max_batches=max_batches,
                                           seed=seed)
-    self.log(f'{mode} done in {time.time() - t0:.0f} s')
+    written = out if isinstance(out, str) else ', '.join(out) or 'nothing'
+    self.log(f'{mode} done in {time.time() - t0:.0f} s; wrote {written}')
     return out

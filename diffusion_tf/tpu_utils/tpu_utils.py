@@ -338,7 +338,8 @@ class _Saver:
     # Keep retention working across restarts.
     ckpt_state = tf.train.get_checkpoint_state(model_dir)
     if ckpt_state is not None:
-      self.saver.recover_last_checkpoints(list(ckpt_state.all_model_checkpoint_paths))
+      self.saver.set_last_checkpoints_with_time(
+          checkpoints.checkpoint_mtimes(ckpt_state.all_model_checkpoint_paths))
 
   def save(self, step):
     return self.saver.save(None, self.prefix, global_step=step, write_meta_graph=False)
@@ -727,7 +728,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
       save('signal' if stop.signum is not None else 'end of training')
     writer.flush()
     log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
-           f'model_dir: {model_dir}')
+           f'checkpoint {tf.train.latest_checkpoint(model_dir)}; logs {model_dir}')
     state.model_dir, state.strategy = model_dir, strategy
     state.stopped_by_signal = stop.signum
     return state
