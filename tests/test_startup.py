@@ -68,8 +68,8 @@ def test_device_line_printed_once(capsys, monkeypatch):
   startup.announce_devices(strategy)
   startup.announce_devices(strategy)
   lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('Device: ')]
-  assert lines == [f'Device: {startup.describe_devices(strategy)}']
-  line = lines[0]
+  line = startup.describe_devices(strategy)
+  assert lines == [f'Device: {line}']
   if not tf.config.list_physical_devices('GPU'):
     cores = len(os.sched_getaffinity(0))
     assert line.startswith('CPU (') and f'{cores} cores' in line
