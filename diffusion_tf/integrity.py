@@ -147,8 +147,10 @@ def _rewrite_state(model_dir, state, good):
   if not kept:  # a lost state file: the directory's intact checkpoints, for retention
     kept = list(reversed(checkpoint_prefixes(model_dir)))
   kept = [p for p in kept if _step(p) < _step(good)]
-  tf.train.update_checkpoint_state(model_dir, good, all_model_checkpoint_paths=kept + [good],
-                                   save_relative_paths=True)
+  # Relative names, as our saver writes them: the directory can be moved or copied.
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, os.path.basename(good),
+      all_model_checkpoint_paths=[os.path.basename(p) for p in kept + [good]])
 
 
 def checkpoint_to_read(path, flag, log_fn=print):
