@@ -4,7 +4,9 @@
         --cases forward:cifar32:16,train:cifar32:16 [--dtype float32] [--repeats 7]
 
 Each side runs in its own worker process (benchmarks/worker.py with DIFFUSION_TF_ROOT set);
-calls alternate A, B, A, B ... so background load hits both alike. Prints medians and B/A.
+calls alternate A, B, A, B ... so background load hits both alike. Prints medians and B/A of
+the wall time and of the worker's CPU time (user + system): on a shared machine the CPU time
+is inflated far less by other load than the wall time.
 """
 
 import argparse
@@ -51,13 +53,17 @@ def main():
       key = case
       for s in sides.values():
         s.call(cmd='setup', key=key, kind=kind, model=model, batch=batch, dtype=a.dtype)
-      ts = {'A': [], 'B': []}
+      ts, cs = {'A': [], 'B': []}, {'A': [], 'B': []}
       for r in range(a.repeats):
         for name in (('A', 'B') if r % 2 == 0 else ('B', 'A')):
-          ts[name].append(sides[name].call(cmd='time', key=key)['times'][0])
+          res = sides[name].call(cmd='time', key=key)
+          ts[name].append(res['times'][0])
+          cs[name].append(res['cpu_times'][0])
       ma, mb = np.median(ts['A']), np.median(ts['B'])
+      ca, cb = np.median(cs['A']), np.median(cs['B'])
       print(f'{case} {a.dtype}: A {ma:.4f}s [{min(ts["A"]):.4f}]  B {mb:.4f}s [{min(ts["B"]):.4f}]  '
-            f'B/A {mb / ma:.3f}  (load {os.getloadavg()[0]:.2f})', flush=True)
+            f'B/A {mb / ma:.3f}; CPU time A {ca:.4f}s B {cb:.4f}s B/A {cb / ca:.3f}  '
+            f'(load {os.getloadavg()[0]:.2f})', flush=True)
       for s in sides.values():
         s.call(cmd='drop', key=key)
   finally:
