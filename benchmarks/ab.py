@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py --a /path/to/old/checkout --b /path/to/new/checkout \
         --cases forward:cifar32:16,train:cifar32:16 [--dtype float32] [--repeats 7]
+    python benchmarks/ab.py --a . --b . --b_direct --cases train:digits16:32   # Winograd vs direct
 
 Each side runs in its own worker process (benchmarks/worker.py with DIFFUSION_TF_ROOT set);
 calls alternate A, B, A, B ... so background load hits both alike. Prints medians and B/A of
@@ -45,14 +46,17 @@ def main():
   p.add_argument('--dtype', default='float32')
   p.add_argument('--repeats', type=int, default=7)
   p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--b_direct', action='store_true',
+                 help="B with TF's direct 3x3 convolutions (nn.winograd(False)): --b may be --a")
   a = p.parse_args()
   sides = {'A': Side(a.a, a.threads), 'B': Side(a.b, a.threads)}
   try:
     for case in a.cases.split(','):
       kind, model, batch = case.split(':')[0], case.split(':')[1], int(case.split(':')[2])
       key = case
-      for s in sides.values():
-        s.call(cmd='setup', key=key, kind=kind, model=model, batch=batch, dtype=a.dtype)
+      for name, s in sides.items():
+        s.call(cmd='setup', key=key, kind=kind, model=model, batch=batch, dtype=a.dtype,
+               direct=name == 'B' and a.b_direct)
       ts, cs = {'A': [], 'B': []}, {'A': [], 'B': []}
       for r in range(a.repeats):
         for name in (('A', 'B') if r % 2 == 0 else ('B', 'A')):
