@@ -22,8 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Side:
-  def __init__(self, root, threads):
+  def __init__(self, root, threads, extra_env=()):
     env = dict(os.environ, DIFFUSION_TF_ROOT=os.path.abspath(root), TF_CPP_MIN_LOG_LEVEL='2')
+    env.update(kv.split('=', 1) for kv in extra_env)
     self.p = subprocess.Popen([sys.executable, os.path.join(HERE, 'worker.py'), '--framework',
                                'ours', '--threads', str(threads)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -48,8 +49,13 @@ def main():
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--b_direct', action='store_true',
                  help="B with TF's direct 3x3 convolutions (nn.winograd(False)): --b may be --a")
+  p.add_argument('--b_env', action='append', default=[], metavar='KEY=VALUE',
+                 help='environment of B only, e.g. --b_env ONEDNN_MAX_CPU_ISA=AVX2 '
+                      '--b_env DIFFUSION_TF_KERNEL_ARCH=x86-64-v3 (B as on an AVX2 CPU)')
   a = p.parse_args()
-  sides = {'A': Side(a.a, a.threads), 'B': Side(a.b, a.threads)}
+  if any('=' not in kv for kv in a.b_env):
+    p.error(f'--b_env expects KEY=VALUE, got {a.b_env}')
+  sides = {'A': Side(a.a, a.threads), 'B': Side(a.b, a.threads, a.b_env)}
   try:
     for case in a.cases.split(','):
       kind, model, batch = case.split(':')[0], case.split(':')[1], int(case.split(':')[2])
