@@ -3,6 +3,7 @@
     python benchmarks/run.py            # full run (~15-25 min on 2 cores)
     python benchmarks/run.py --quick    # smoke run (a few minutes)
     python benchmarks/run.py --xla      # also measure our side with jit_compile
+    python benchmarks/run.py --isa avx2 # both sides capped to AVX2 (as on an AVX2-only CPU)
 
 Each framework runs in its own persistent subprocess (diffusers under
 benchmarks/.venv-torch/bin/python, see setup_torch_env.sh). For every case all variants are
@@ -24,19 +25,19 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TORCH_PY = os.path.join(HERE, '.venv-torch', 'bin', 'python')
+TORCH_PY = os.environ.get('DIFFUSION_TF_TORCH_PYTHON') or os.path.join(HERE, '.venv-torch', 'bin', 'python')
 EXPECTED_PARAMS = 35_746_307
 
 
 # ----------------------------------------------------------------------------- workers
 
 class Worker:
-  def __init__(self, framework, python, threads, log):
+  def __init__(self, framework, python, threads, log, isa):
     cmd = [python, os.path.join(HERE, 'worker.py'), '--framework', framework,
            '--threads', str(threads)]
     self.framework = framework
     self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                              text=True, cwd=ROOT, env=_env())
+                              text=True, cwd=ROOT, env=_env(isa))
     hello = self._recv()
     if not hello.get('ready'):
       raise RuntimeError(f'{framework} worker failed to start: {hello}')
@@ -66,9 +67,18 @@ class Worker:
       self.p.kill()
 
 
-def _env():
+# Environment that makes both frameworks use AVX2 code only, set before TF/torch are imported:
+# oneDNN's ISA cap (TF and torch), our kernels built for x86-64-v3 instead of -march=native,
+# and ATen's (and inductor's) vector code capped to AVX2.
+ISA_CAPS = {'native': {},
+            'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'DIFFUSION_TF_KERNEL_ARCH': 'x86-64-v3',
+                     'ATEN_CPU_CAPABILITY': 'avx2'}}
+
+
+def _env(isa='native'):
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env.update(ISA_CAPS[isa])
   return env
 
 
@@ -80,18 +90,28 @@ OURS16, DIFF16 = ('ours', 'bfloat16'), ('diffusers', 'bfloat16')
 CONST32, CONST16 = ('ours', 'float32', 'const'), ('ours', 'bfloat16', 'const')
 # Ours with TF's direct 3x3 convolutions instead of the Winograd ones (nn.winograd(False)).
 DIRECT32 = ('ours', 'float32', 'direct')
+# PyTorch at its best on CPU: NHWC memory format, and torch.compile (inductor).
+DIFF_CL32, DIFF_COMPILE32 = ('diffusers', 'float32', 'channels_last'), ('diffusers', 'float32', 'compile')
+TORCH_BEST = [DIFF_CL32, DIFF_COMPILE32]
 
 
-def plan(quick, xla, with_diffusers_bf16):
+def plan(quick, xla, with_diffusers_bf16, fp32_only=False, vs_torch_best=False):
   """(name, kind, model, batch, variants, repeats, calls per sample)."""
+  if vs_torch_best:  # fp32 forward and training step against diffusers' three CPU variants
+    v = [OURS32, DIFF32] + TORCH_BEST
+    reps = 2 if quick else 5
+    return [(kind, kind, 'cifar32', b, v, reps, 1) for kind in ('forward', 'train') for b in (16, 64)]
+  if fp32_only:
+    cases = plan(quick, xla, False)
+    return [c[:4] + ([v for v in c[4] if v[1] == 'float32'],) + c[5:] for c in cases]
   all4 = [OURS32, DIFF32, OURS16] + ([DIFF16] if with_diffusers_bf16 else [])
   three = [OURS32, DIFF32, OURS16]
   infer = [CONST32, CONST16]  # extra variants of the inference cases
   if quick:
     cases = [
         ('forward', 'forward', 'cifar32', 1, all4 + infer, 3, 2),
-        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32], 3, 1),
-        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32], 2, 1),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32] + TORCH_BEST, 3, 1),
+        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32] + TORCH_BEST, 2, 1),
         ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 2, 1),
         ('sample_ddim', 'sample_ddim:2', 'cifar32', 16, three + infer, 2, 1),
         ('forward', 'forward', 'cifar64', 1, three, 2, 1),
@@ -100,10 +120,10 @@ def plan(quick, xla, with_diffusers_bf16):
   else:
     cases = [
         ('forward', 'forward', 'cifar32', 1, all4 + infer, 12, 2),
-        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32], 9, 1),
-        ('forward', 'forward', 'cifar32', 64, all4 + infer, 5, 1),
-        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32], 7, 1),
-        ('train', 'train', 'cifar32', 64, all4, 3, 1),
+        ('forward', 'forward', 'cifar32', 16, all4 + infer + [DIRECT32] + TORCH_BEST, 9, 1),
+        ('forward', 'forward', 'cifar32', 64, all4 + infer + TORCH_BEST, 5, 1),
+        ('train', 'train', 'cifar32', 16, all4 + [DIRECT32] + TORCH_BEST, 7, 1),
+        ('train', 'train', 'cifar32', 64, all4 + TORCH_BEST, 3, 1),
         ('sample_ddpm', 'sample_ddpm', 'cifar32', 16, three + infer, 7, 1),
         ('sample_ddim', 'sample_ddim:3', 'cifar32', 16, three + infer, 4, 1),
         ('forward', 'forward', 'cifar64', 1, three, 9, 1),
@@ -126,7 +146,7 @@ def vname(v):
 
 def vmode(v):
   """'' (plain), 'xla' (jit_compile), 'const' (constant weights) or 'direct' (no Winograd
-  convolutions) of a variant tuple."""
+  convolutions) of ours; 'channels_last' or 'compile' (torch.compile) of diffusers."""
   return v[2] if len(v) > 2 else ''
 
 
@@ -152,7 +172,7 @@ def run_case(workers, case, log):
   for v in sorted(variants, key=lambda v: vmode(v) != 'const'):
     fw, dtype = v[0], v[1]
     mode = vmode(v)
-    extra = {mode: True} if mode in ('const', 'direct') else {}  # options of our side only
+    extra = {mode: True} if mode in ('const', 'direct', 'channels_last', 'compile') else {}
     res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{mode}', kind=kind, model=model,
                            batch=batch, dtype=dtype, xla=mode == 'xla', warmup=2, **extra)
     setup[vname(v)] = res
@@ -181,14 +201,14 @@ def run_case(workers, case, log):
   return out
 
 
-def memory_runs(specs, threads, log):
+def memory_runs(specs, threads, log, isa, torch_python):
   out = {}
   for fw, spec in specs:
-    python = sys.executable if fw == 'ours' else TORCH_PY
+    python = sys.executable if fw == 'ours' else torch_python
     cmd = [python, os.path.join(HERE, 'worker.py'), '--framework', fw, '--threads',
            str(threads), '--memory', spec]
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env())
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(isa))
     if res.returncode != 0:
       log(f'  memory {fw} {spec} FAILED:\n{res.stderr[-3000:]}')
       continue
@@ -232,7 +252,16 @@ def machine_info():
   except OSError:
     pass
   return {'cpu': cpu, 'logical_cores': os.cpu_count(), 'flags': flags, 'memory': mem,
-          'platform': platform.platform(), 'python': platform.python_version()}
+          'isa': native_isa(flags.split()), 'platform': platform.platform(),
+          'python': platform.python_version()}
+
+
+def native_isa(flags):
+  """The widest x86 vector instruction set the CPU has, as oneDNN/ATen name their levels."""
+  for flag, name in (('amx_tile', 'AVX-512 + AMX'), ('avx512f', 'AVX-512'), ('avx2', 'AVX2')):
+    if flag in flags:
+      return name
+  return 'older than AVX2 (or not x86)'
 
 
 # ----------------------------------------------------------------------------- report
@@ -252,6 +281,39 @@ def speedup(ref, ours):
   return f'{ref["median"] / ours["median"]:.2f}×'
 
 
+def fastest_torch(c):
+  """(variant name, stats) of the fastest fp32 diffusers variant measured in a case."""
+  runs = [(k, s) for k, s in c['results'].items() if k.startswith('diffusers/float32')]
+  return min(runs, key=lambda ks: ks[1]['median']) if runs else (None, None)
+
+
+def add_torch_best(add, cases, data):
+  rows = [c for c in cases if c['results'].get('diffusers/float32/compile')
+          or c['results'].get('diffusers/float32/channels_last')]
+  if not rows:
+    return
+  m = data['machine']
+  isa = data.get('isa', 'native')
+  where = m.get('isa') if isa == 'native' else f'{isa.upper()} cap on a {m.get("isa")} CPU'
+  add(f'## Against PyTorch at its best on CPU, fp32 ({where})')
+  add('')
+  add('diffusers\' UNet eager (NCHW), with `channels_last` memory format, and under '
+      '`torch.compile` (inductor, default mode; compilation excluded as warm-up). Speedup = '
+      'the fastest of the three / ours.')
+  add('')
+  add('| case | ours fp32 | diffusers eager | channels_last | torch.compile | speedup vs fastest torch |')
+  add('|---|---|---|---|---|---|')
+  for c in rows:
+    o32 = c['results'].get('ours/float32')
+    best_k, best = fastest_torch(c)
+    r = c['results']
+    add(f'| {c["label"]} | {fmt_t(o32)} | {fmt_t(r.get("diffusers/float32"))} | '
+        f'{fmt_t(r.get("diffusers/float32/channels_last"))} | '
+        f'{fmt_t(r.get("diffusers/float32/compile"))} | **{speedup(best, o32)}** '
+        f'({best_k.split("/")[-1] if best_k.count("/") > 1 else "eager"}) |')
+  add('')
+
+
 def write_report(path, data):
   L = []
   add = L.append
@@ -259,7 +321,9 @@ def write_report(path, data):
   add('# Benchmarks: diffusion_tf U-Net vs Hugging Face diffusers `UNet2DModel`')
   add('')
   add(f'Generated by `python benchmarks/run.py{" --quick" if data["quick"] else ""}'
-      f'{" --xla" if data["xla"] else ""}` on {data["date"]} '
+      f'{" --xla" if data["xla"] else ""}'
+      f'{" --isa " + data["isa"] if data.get("isa", "native") != "native" else ""}'
+      f'{" --vs-torch-best" if data.get("vs_torch_best") else ""}` on {data["date"]} '
       f'(wall time {data["wall_s"] / 60:.1f} min).' + (' **Quick smoke run: few repeats, '
                                                         'numbers are indicative only.**'
                                                         if data['quick'] else ''))
@@ -267,6 +331,10 @@ def write_report(path, data):
   add('## Machine and software')
   add('')
   add(f'- CPU: {m["cpu"]}, {m["logical_cores"]} logical cores ({m["flags"]}), memory {m["memory"]}')
+  isa = data.get('isa', 'native')
+  add(f'- Instruction set used: ' + (f'native ({m.get("isa")})' if isa == 'native' else
+      f'**capped to {isa.upper()}** on a {m.get("isa")} CPU (' + ', '.join(
+          f'`{k}={v}`' for k, v in ISA_CAPS[isa].items()) + ' in both workers)'))
   add(f'- {m["platform"]}, Python {m["python"]}')
   add(f'- ours: TensorFlow {v["ours"].get("tensorflow")}, NumPy {v["ours"].get("numpy")}; '
       f'diffusers side: torch {v["diffusers"].get("torch")}, diffusers {v["diffusers"].get("diffusers")} '
@@ -333,6 +401,8 @@ def write_report(path, data):
       add(f'| {c["label"]} | {fmt_t(o32)} | {fmt_t(w32)} | **{speedup(o32, w32)}** | '
           f'{fmt_t(d32)} | {speedup(d32, o32)} |')
     add('')
+
+  add_torch_best(add, cases, data)
 
   add('## Inference as our samplers run it: weights compiled in as constants')
   add('')
@@ -517,6 +587,11 @@ def targets(data):
         s = d32['median'] / o32['median']
         out.append(f'fp32 {name} batch {b}: {s:.2f}× diffusers (target ≥ 1.2×) — '
                    f'{"met" if s >= 1.2 else "NOT met"}')
+      best_k, best = fastest_torch(c)
+      if o32 and best_k and best_k != 'diffusers/float32':
+        s = best['median'] / o32['median']
+        out.append(f'fp32 {name} batch {b}: {s:.2f}× the fastest torch variant ({best_k}) '
+                   f'(target ≥ 1.3×) — {"met" if s >= 1.3 else "NOT met"}')
       if c32 and d32:
         s = d32['median'] / c32['median']
         out.append(f'fp32 {name} batch {b}, constant weights (as sampling runs it): {s:.2f}× '
@@ -555,11 +630,24 @@ def main():
                       '(development; skips numerics and memory unless --memory is given)')
   p.add_argument('--repeats', type=int, default=None, help='override the repeats of every case')
   p.add_argument('--memory', action='store_true', help='with --only: also run the memory cases')
+  p.add_argument('--isa', default='native', choices=sorted(ISA_CAPS),
+                 help='avx2: cap both frameworks to AVX2 code (oneDNN, ATen/inductor, our '
+                      'kernels built for x86-64-v3), to measure as on an AVX2-only CPU')
+  p.add_argument('--vs-torch-best', action='store_true',
+                 help='only fp32 forward/train at batch 16 and 64: ours against diffusers eager, '
+                      'channels_last and torch.compile')
+  p.add_argument('--torch-python', default=TORCH_PY,
+                 help='Python of the diffusers venv (default: $DIFFUSION_TF_TORCH_PYTHON or '
+                      'benchmarks/.venv-torch/bin/python)')
   p.add_argument('--out', default=os.path.join(HERE, 'RESULTS.md'))
   p.add_argument('--json', default=os.path.join(HERE, 'results.json'))
   a = p.parse_args()
-  if not os.path.exists(TORCH_PY):
-    sys.exit(f'{TORCH_PY} not found: run benchmarks/setup_torch_env.sh first')
+  if not os.path.exists(a.torch_python):
+    sys.exit(f'--torch-python {a.torch_python} not found: run benchmarks/setup_torch_env.sh '
+             'first, or point --torch-python / $DIFFUSION_TF_TORCH_PYTHON at a venv with torch '
+             'and diffusers')
+  if a.isa != 'native' and native_isa(machine_info()['flags'].split()) == 'older than AVX2 (or not x86)':
+    sys.exit(f'--isa {a.isa}: this CPU has no AVX2')
 
   t_start = time.time()
   logdir = os.path.join(HERE, '.worker_logs')
@@ -570,15 +658,16 @@ def main():
 
   load_start = os.getloadavg()
   log(f'load average {load_start}')
-  data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(),
+  data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(), 'isa': a.isa,
+          'vs_torch_best': a.vs_torch_best,
           'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
   loads = [load_start[0]]
   workers = {}
   try:
     with open(os.path.join(logdir, 'ours.log'), 'w') as lo, \
         open(os.path.join(logdir, 'diffusers.log'), 'w') as ld:
-      workers['ours'] = Worker('ours', sys.executable, a.threads, lo)
-      workers['diffusers'] = Worker('diffusers', TORCH_PY, a.threads, ld)
+      workers['ours'] = Worker('ours', sys.executable, a.threads, lo, a.isa)
+      workers['diffusers'] = Worker('diffusers', a.torch_python, a.threads, ld, a.isa)
       infos = {fw: w.call(cmd='info') for fw, w in workers.items()}
       data['versions'] = {fw: i['versions'] for fw, i in infos.items()}
       data['params'] = {fw: i['params'] for fw, i in infos.items()}
@@ -591,7 +680,10 @@ def main():
           data['notes'].append(f'{fw} CIFAR-10 parameter count {data["params"][fw]["cifar32"]:,} '
                                f'!= {EXPECTED_PARAMS:,}')
       data['cases'] = []
-      cases = plan(a.quick, a.xla, not a.no_diffusers_bf16)
+      # oneDNN has no bf16 kernels below AVX-512 (TF's graph rewrite still picks them under
+      # the cap, and they fail): under --isa avx2 only float32 is measured.
+      cases = plan(a.quick, a.xla, not a.no_diffusers_bf16, fp32_only=a.isa != 'native',
+                   vs_torch_best=a.vs_torch_best)
       if a.only:
         want = set(a.only.split(','))
         cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
@@ -603,7 +695,7 @@ def main():
         res['xla_case'] = any(vmode(v) == 'xla' for v in case[4])
         data['cases'].append(res)
         loads.append(res['load'][0])
-      if not a.only:
+      if not a.only and not a.vs_torch_best:
         nb, ns = (4, 3) if a.quick else (8, 12)
         for key, dtype in (('numerics', 'bfloat16'), ('numerics_fp32', 'float32')):
           log(f'numerics ({dtype} vs fp32 with direct convolutions)')
@@ -621,10 +713,12 @@ def main():
            ('ours', f'train:cifar32:{mb}:bfloat16')]
   if not a.no_diffusers_bf16:
     specs.append(('diffusers', f'train:cifar32:{mb}:bfloat16'))
-  if a.only and not a.memory:
+  if a.isa != 'native':
+    specs = [sp for sp in specs if sp[1].endswith('float32')]
+  if (a.only or a.vs_torch_best) and not a.memory:
     specs = []
   log('peak memory (fresh processes)')
-  data['memory'] = memory_runs(specs, a.threads, log)
+  data['memory'] = memory_runs(specs, a.threads, log, a.isa, a.torch_python)
   load_end = os.getloadavg()
   loads.append(load_end[0])
   data['load'] = {'start': load_start, 'end': load_end, 'max': max(loads)}

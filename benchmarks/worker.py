@@ -109,7 +109,8 @@ def serve(side, out):
       elif cmd == 'setup':
         key = msg['key']
         t0 = time.perf_counter()
-        extra = {k: True for k in ('const', 'direct') if msg.get(k)}  # our side's options
+        # const/direct: our side's options; channels_last/compile: the diffusers side's.
+        extra = {k: True for k in ('const', 'direct', 'channels_last', 'compile') if msg.get(k)}
         bench = side.build(msg['kind'], msg.get('model', 'cifar32'), msg['batch'],
                            msg.get('dtype', 'float32'), msg.get('xla', False), **extra)
         warm = []
@@ -122,12 +123,13 @@ def serve(side, out):
                'tracing_after_warmup': bench.tracing_count()}
       elif cmd == 'time':
         bench = benches[msg['key']]
-        times = []
+        times, cpu = [], []  # wall and this process's CPU time (user + system, all threads)
         for _ in range(msg.get('n', 1)):
-          t0 = time.perf_counter()
+          t0, c0 = time.perf_counter(), time.process_time()
           bench.run()
           times.append(time.perf_counter() - t0)
-        res = {'times': times}
+          cpu.append(time.process_time() - c0)
+        res = {'times': times, 'cpu_times': cpu}
       elif cmd == 'tracing':
         res = {'tracing': {k: b.tracing_count() for k, b in benches.items()}}
       elif cmd == 'drop':
