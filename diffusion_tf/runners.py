@@ -310,7 +310,7 @@ def write_samples(out_prefix, samples, *, overwrite=False):
 
 
 def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm',
-           steps=None, eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           steps=None, eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
            mixed_precision=None, export_npz=None, export_png_dir=None, summary_fn=None):
   """The scripts' ``sample`` command: draw samples from a run or a checkpoint and write
   ``OUT.npz`` and ``OUT.png`` (and, if asked, ``export_npz`` with ``arr_0`` and PNGs in
@@ -321,12 +321,13 @@ def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64
   startup.announce_devices(tf.distribute.get_strategy())
   print(f'Loaded {"EMA" if ema else "raw"} weights from {prefix} (step {step})')
   if out is None:
-    tag = f'{sampler}{steps or model.diffusion.num_timesteps}' + (f'_eta{eta}' if sampler == 'ddim' else '')
+    tag = (f'{sampler}{steps or sampling.DEFAULT_STEPS.get(sampler, model.diffusion.num_timesteps)}'
+           + (f'_order{order}' if order is not None else '') + (f'_eta{eta}' if sampler == 'ddim' else ''))
     out = os.path.join(model_dir or os.path.dirname(prefix), f'samples_{tag}_ema{int(bool(ema))}_step{step}')
   _check_free(out, overwrite)  # fail before sampling for an hour, not after
   interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
   samples = sampling.generate_samples(model, num_samples, batch_size, sampler=sampler, steps=steps,
-                                      eta=eta, spacing=spacing, seed=seed)
+                                      eta=eta, spacing=spacing, order=order, seed=seed)
   images = write_samples(out, samples, overwrite=overwrite)
   exported = interop.export_samples(images, npz=export_npz, png_dir=export_png_dir)
   print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png'
@@ -397,7 +398,7 @@ def make_eval_extractor(inception_graph=None, *, features='inception'):
 def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu_name=None,
                bucket_name_prefix=None, region=None, data_paths=None, once=False,
                dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
-               sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None,
+               sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None, inception_graph=None,
                seed=0, stats_cache_dir=None, features='inception', ref_stats=None,
                export_npz=None, export_png_dir=None, poll_interval=60, timeout=None):
   """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
@@ -429,7 +430,7 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
       lambda: make_model(kw, ds.image_shape, ds.num_classes), total_bs, ds,
       inception_bs=total_bs, num_inception_samples=num_inception_samples,
       limit_dataset_size=limit_dataset_size, extractor=extractor, stats_cache_dir=stats_cache_dir,
-      sampler=sampler, steps=steps, eta=eta, spacing=spacing, strategy=strategy,
+      sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order, strategy=strategy,
       ref_stats=reference)
   results = worker.run(logdir=model_dir, once=once, skip_non_ema_pass=True,
                        dump_samples_only=dump_samples_only, load_ckpt=load_ckpt,

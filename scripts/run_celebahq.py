@@ -31,13 +31,13 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
 def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=128, tfds_data_dir='tensorflow_datasets',
                *, load_ckpt=None, region=None, num_inception_samples=2048, samples_dir=None,
-               sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
+               sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None, inception_graph=None, seed=0,
                stats_cache_dir=None, ref_stats=None,
                export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the 29952 train images
   (there is no test split). Watches --model_dir for new checkpoints unless --once or
   --load_ckpt (new; e.g. model.ckpt-560000); --dump_samples_only writes .npz shards instead.
-  --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
+  --sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
   Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
@@ -50,14 +50,14 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
-                     sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                     sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
                      export_png_dir=export_png_dir)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
            mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_celeba_hq_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.

@@ -33,13 +33,13 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=256, tfds_data_dir='tensorflow_datasets',
                load_ckpt=None,
                *, region=None, num_inception_samples=50000, samples_dir=None, sampler='ddpm',
-               steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
+               steps=None, eta=0., spacing='uniform', order=None, inception_graph=None, seed=0,
                stats_cache_dir=None, ref_stats=None,
                export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 50000 samples against the train (49920) and
   test (9984) images. Watches --model_dir for new checkpoints unless --once or --load_ckpt
   (e.g. model.ckpt-790000); --dump_samples_only writes the samples as .npz shards instead.
-  --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
+  --sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
   Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
@@ -52,7 +52,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      region=region, data_paths={'tfds_data_dir': tfds_data_dir}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
-                     sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                     sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
                      export_png_dir=export_png_dir)
@@ -72,7 +72,7 @@ def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eva
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
            mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.

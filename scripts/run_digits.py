@@ -51,13 +51,13 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
            mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a digits run (or checkpoint), writes OUT.npz and OUT.png and says how many
   samples a digit classifier recognises.
   --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
   runners.sample(train, model_dir=model_dir, ckpt=ckpt, num_samples=num_samples,
-                 batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                 batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                  seed=seed, ema=ema, out=out, overwrite=overwrite, mixed_precision=mixed_precision,
                  export_npz=export_npz, export_png_dir=export_png_dir,
                  summary_fn=lambda images: digits_classifier.recognisable_digits(images).summary())
@@ -66,7 +66,7 @@ def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='dd
 def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=100, load_ckpt=None,
                *, region=None, num_inception_samples=1000, samples_dir=None, sampler='ddpm',
-               steps=None, eta=0., spacing='uniform', features='digits', inception_graph=None,
+               steps=None, eta=0., spacing='uniform', order=None, features='digits', inception_graph=None,
                seed=0, stats_cache_dir=None, ref_stats=None,
                export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 1000 samples against the train (1700 in
@@ -75,7 +75,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
   real held-out digits score about 18, noise about 180) or of the Inception network
   (--features inception, with --inception_graph a .pb or .tar.gz, default: located in the
   cache or downloaded once, see inception.py).
-  --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
+  --sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval).
   Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
   compares with a TTUR / pytorch-fid statistics file (mu, sigma) instead (metric reffid).
@@ -88,7 +88,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      features=features, sampler=sampler, steps=steps, eta=eta,
-                     spacing=spacing, inception_graph=inception_graph, seed=seed,
+                     spacing=spacing, order=order, inception_graph=inception_graph, seed=seed,
                      stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
                      export_png_dir=export_png_dir)

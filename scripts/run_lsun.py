@@ -38,13 +38,13 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                tfr_file='tensorflow_datasets/lsun/church-r08.tfrecords', samples_dir=None,
                num_inception_samples=2048,
                *, load_ckpt=None, region=None, sampler='ddpm', steps=None, eta=0.,
-               spacing='uniform', inception_graph=None, seed=0, stats_cache_dir=None, ref_stats=None,
+               spacing='uniform', order=None, inception_graph=None, seed=0, stats_cache_dir=None, ref_stats=None,
                export_npz=None, export_png_dir=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the first 234 shuffled
   batches (29952 images) of --tfr_file ("for memory reasons", as the original). The default
   --tfr_file is the original's, which lacks the church/ directory of the train default: pass
   the file you trained on. Watches --model_dir unless --once or --load_ckpt (new).
-  --sampler/--steps/--eta/--spacing pick a faster sampler (results then go to
+  --sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then go to
   eval_<sampler><steps>... instead of eval); --inception_graph is a .pb or .tar.gz of the
   Inception network (default: located in the cache or downloaded once, see inception.py).
   Reference statistics of the real images are cached (--stats_cache_dir); --ref_stats PATH
@@ -57,14 +57,14 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      region=region, data_paths={'tfr_file': tfr_file}, once=once,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
-                     limit_dataset_size=30000, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                     limit_dataset_size=30000, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
                      export_png_dir=export_png_dir)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
-           eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
+           eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
            mixed_precision=None, export_npz=None, export_png_dir=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_lsun_{church,bedroom,cat}_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.

@@ -230,7 +230,7 @@ def _randomized_digits_model(T=20):
   return model
 
 
-@pytest.mark.parametrize('sampler', ['ddpm', 'ddim'])
+@pytest.mark.parametrize('sampler', sampling.SAMPLERS)
 def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weights(sampler):
   model = _randomized_digits_model()
   plain = sampling.Sampler(model, sampler=sampler, steps=10)

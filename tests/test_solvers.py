@@ -240,3 +240,23 @@ def test_bad_arguments_fail_before_work(kwargs, match):
 
   with pytest.raises(ValueError, match=match):
     sampling.Sampler(_Model(diffusion, denoise), **kwargs)
+
+
+def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
+  """``run_digits.py sample --sampler dpmsolver++ --order 3`` samples; ``--order 5`` fails with
+  a message naming the flag and writes nothing."""
+  import scripts.run_digits as run_digits
+  from diffusion_tf import runners
+  from test_sampling import _run, _write_original_layout_checkpoint
+  kw = runners.script_defaults(run_digits.train)
+  model = runners.make_model(kw, (16, 16, kw['channels']))
+  prefix, _ = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), model.net, 3)
+  out = str(tmp_path / 'dpm')
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
+               '--sampler', 'dpmsolver++', '--steps', '4', '--order', '3', '--out', out])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert np.load(out + '.npz')['samples'].shape == (3, 16, 16, 1)
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
+               '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
+  assert proc.returncode != 0 and '--order' in proc.stderr
+  assert not os.path.exists(out + '_bad.npz')

@@ -137,8 +137,8 @@ class SampleBatcher(sampling.Sampler):
   """`sampling.Sampler` run on every replica of the strategy (each draws its own share)."""
 
   def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform',
-               strategy=None):
-    super().__init__(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+               order=None, strategy=None):
+    super().__init__(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      strategy=strategy)
     self._replicated = ReplicatedFn(self.strategy, lambda dummy: self.sample(int(dummy.shape[0])))
 
@@ -243,7 +243,7 @@ class EvalWorker:
       (not needed with ``dump_samples_only``).
     stats_cache_dir: where reference statistics are cached (default
       `reference_stats.default_stats_cache_dir()`).
-    sampler, steps, eta, spacing: as `sampling.Sampler` (default: the 1000-step sampler).
+    sampler, steps, eta, spacing, order: as `sampling.Sampler` (default: the 1000-step sampler).
     strategy: a `tf.distribute` strategy (default: the current one).
     ref_stats: reference statistics from a file (`interop.load_reference_stats`, e.g.
       TTUR's); FID is then ``samples/reffid{N}`` against them, and the data set's own
@@ -252,7 +252,7 @@ class EvalWorker:
 
   def __init__(self, model_constructor_or_model, total_bs, dataset, *, inception_bs=None,
                num_inception_samples=1024, limit_dataset_size=0, extractor=None,
-               stats_cache_dir=None, sampler='ddpm', steps=None, eta=0., spacing='uniform',
+               stats_cache_dir=None, sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None,
                strategy=None, log_fn=None, ref_stats=None):
     self.strategy = strategy or tf.distribute.get_strategy()
     self.num_replicas = self.strategy.num_replicas_in_sync
@@ -280,7 +280,7 @@ class EvalWorker:
       with self.strategy.scope():
         self.model = model_constructor_or_model()
     self.sample_batches = SampleBatcher(self.model, sampler=sampler, steps=steps, eta=eta,
-                                        spacing=spacing, strategy=self.strategy)
+                                        spacing=spacing, order=order, strategy=self.strategy)
     self._real_stats = None
 
   # --------------------------------------------------------------------------- real data
@@ -415,7 +415,7 @@ class EvalWorker:
         'num_samples': self.num_inception_samples, 'total_bs': self.total_bs,
         'sampler': self.sample_batches.sampler, 'steps': self.sample_batches.steps
         or self.model.diffusion.num_timesteps, 'eta': self.sample_batches.eta,
-        'spacing': self.sample_batches.spacing,
+        'spacing': self.sample_batches.spacing, 'order': self.sample_batches.order,
         'extractor': inception.extractor_name(self.extractor),
         'dataset': dataset_cache_name(self.dataset),
         'real_counts': {k: real[k]['count'] for k in ('train', 'eval') if real.get(k)},
@@ -491,6 +491,7 @@ class EvalWorker:
     name = f'eval_{sb.sampler}{sb.steps or self.model.diffusion.num_timesteps}'
     if sb.steps is not None and sb.spacing != 'uniform':
       name += f'_{sb.spacing}'
+    name += f'_order{sb.order}' if sb.order is not None else ''
     return name + (f'_eta{sb.eta}' if sb.sampler == 'ddim' else '')
 
   def _checkpoints(self, logdir, load_ckpt, poll_interval, timeout, once=False):
