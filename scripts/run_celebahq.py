@@ -34,7 +34,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=128, tfds_data_dir='tensorflow_datasets',
                *, load_ckpt=None, region=None, num_inception_samples=2048, samples_dir=None,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
-               stats_cache_dir=None):
+               stats_cache_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the 29952 train images
   (there is no test split). Watches --model_dir for new checkpoints unless --once or
   --load_ckpt (new; e.g. model.ckpt-560000); --dump_samples_only writes .npz shards instead.
@@ -48,14 +48,17 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
+                     pretrained=pretrained)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, pretrained=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
-  diffusion_celeba_hq_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  diffusion_celeba_hq_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder.
+  """
   runners.sample(train, **locals())
 
 

@@ -36,7 +36,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                load_ckpt=None,
                *, region=None, num_inception_samples=50000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', inception_graph=None, seed=0,
-               stats_cache_dir=None):
+               stats_cache_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 50000 samples against the train (49920) and
   test (9984) images. Watches --model_dir for new checkpoints unless --once or --load_ckpt
   (e.g. model.ckpt-790000); --dump_samples_only writes the samples as .npz shards instead.
@@ -50,7 +50,8 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
+                     pretrained=pretrained)
 
 
 def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eval', load_ckpt=None,
@@ -68,9 +69,11 @@ def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eva
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, pretrained=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
-  diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder.
+  """
   runners.sample(train, **locals())
 
 

@@ -53,9 +53,11 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, pretrained=None):
   """Samples from a digits run (or checkpoint), writes OUT.npz and OUT.png and says how many
-  samples a digit classifier recognises."""
+  samples a digit classifier recognises.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder.
+  """
   images = runners.sample(train, **locals())
   print(digits_classifier.recognisable_digits(images).summary())
 
@@ -64,7 +66,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                dump_samples_only=False, total_bs=100, load_ckpt=None,
                *, region=None, num_inception_samples=1000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', features='digits', inception_graph=None,
-               seed=0, stats_cache_dir=None):
+               seed=0, stats_cache_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 1000 samples against the train (1700 in
   batches of 100) and eval (100) images, measured with the features of a digits classifier
   (--features digits, the default; see digits_features.py and the README for the scale:
@@ -81,7 +83,8 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      features=features, sampler=sampler, steps=steps, eta=eta,
                      spacing=spacing, inception_graph=inception_graph, seed=seed,
-                     stats_cache_dir=stats_cache_dir)
+                     stats_cache_dir=stats_cache_dir,
+                     pretrained=pretrained)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                tfr_file='tensorflow_datasets/lsun/church-r08.tfrecords', samples_dir=None,
                num_inception_samples=2048,
                *, load_ckpt=None, region=None, sampler='ddpm', steps=None, eta=0.,
-               spacing='uniform', inception_graph=None, seed=0, stats_cache_dir=None):
+               spacing='uniform', inception_graph=None, seed=0, stats_cache_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the first 234 shuffled
   batches (29952 images) of --tfr_file ("for memory reasons", as the original). The default
   --tfr_file is the original's, which lacks the church/ directory of the train default: pass
@@ -55,14 +55,17 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      dump_samples_only=dump_samples_only, total_bs=total_bs, load_ckpt=load_ckpt,
                      num_inception_samples=num_inception_samples, samples_dir=samples_dir,
                      limit_dataset_size=30000, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir)
+                     inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
+                     pretrained=pretrained)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None):
+           mixed_precision=None, pretrained=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
-  diffusion_lsun_{church,bedroom,cat}_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png."""
+  diffusion_lsun_{church,bedroom,cat}_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder.
+  """
   runners.sample(train, **locals())
 
 
