@@ -141,3 +141,21 @@ def test_convert_command_both_ways(tmp_path, run_dir):
     np.testing.assert_array_equal(reader.get_tensor(checkpoints.ema_name(unet.tf1_name(v))), s.numpy())
   with pytest.raises(FileExistsError):
     convert_diffusers.to_tf1(str(tmp_path / 'hub'), str(tmp_path / 'tf1'))
+
+
+def test_evaluation_reads_a_pretrained_model_as_a_run(tmp_path):
+  """`evaluation --pretrained` writes the model as model.ckpt-0 under --model_dir (EMA names),
+  reuses it for the same model and refuses a folder holding anything else."""
+  d = str(tmp_path / 'eval')
+  assert runners._pretrained_run_dir(FOLDERS['google'], d) == d
+  net, _ = pipelines.load_diffusers_folder(FOLDERS['google'])
+  reader = tf.train.load_checkpoint(os.path.join(d, 'model.ckpt-0'))
+  for v in net.trainable_variables:
+    np.testing.assert_array_equal(reader.get_tensor(checkpoints.ema_name(unet.tf1_name(v))), v.numpy())
+  assert runners._pretrained_run_dir(FOLDERS['google'], d) == d  # reused
+  with pytest.raises(FileExistsError, match='another pretrained model'):
+    runners._pretrained_run_dir(FOLDERS['uncond'], d)
+  model = runners._pretrained_for(FOLDERS['google'], (8, 8, 3))
+  assert model.image_shape == (8, 8, 3) and model.diffusion.model_var_type == 'fixedlarge'
+  with pytest.raises(ValueError, match='evaluate it with the script of its data set'):
+    runners._pretrained_for(FOLDERS['google'], (32, 32, 3))
