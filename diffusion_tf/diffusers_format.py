@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from . import nn
+from .checkpoints import _summarise  # the same listing as checkpoint mismatches
 from .diffusion_utils_2 import GaussianDiffusion2
 
 WEIGHTS_SAFETENSORS = 'diffusion_pytorch_model.safetensors'
@@ -250,12 +251,6 @@ def modernise_keys(tensors):
       key = '.'.join(parts[:-2] + [_OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
     out[key] = value
   return out
-
-
-def _summarise(title, items, limit=10):
-  items = sorted(items)
-  more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
-  return f'{title} ({len(items)}): ' + ', '.join(items[:limit]) + more
 
 
 def load_state_dict(net, tensors, *, source='the weights'):

@@ -195,6 +195,38 @@ def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, re
   return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
 
 
+class PretrainedModel:
+  """A loaded model as the scripts' sampling and evaluation see a script model
+  (``.net``, ``.diffusion``, ``.denoise``, ``.image_shape``)."""
+
+  block_size = 1
+
+  def __init__(self, unet, scheduler_config):
+    self.net = unet
+    self.diffusion, self.scheduler_config = fmt.diffusion_from_scheduler_config(
+        scheduler_config, 'DDPMScheduler')
+    self.image_shape = (unet.resolution, unet.resolution, unet.in_ch)
+
+  def denoise(self, x, t):
+    return self.net(x, t, training=False)
+
+
+def pretrained_model(name_or_path, **kwargs):
+  """`PretrainedModel` of anything `load_pretrained` accepts (same keyword arguments)."""
+  return PretrainedModel(*load_pretrained(name_or_path, **kwargs))
+
+
+def save_tf1_checkpoint(unet, out_dir):
+  """Writes ``out_dir/model.ckpt-0`` in the authors' layout: the weights under both the raw and
+  the EMA names (so ``ema=True`` loaders read them too). Refuses a folder with checkpoints."""
+  if tf.io.gfile.exists(out_dir) and tf.train.latest_checkpoint(out_dir):
+    raise FileExistsError(f'{out_dir} already holds checkpoints; pass a new folder')
+  return checkpoints.write_tf1_checkpoint(
+      os.path.join(out_dir, 'model.ckpt'),
+      checkpoints.model_var_dict(unet, ema_shadows=[tf.identity(v) for v in unet.trainable_variables]),
+      global_step=0)
+
+
 # ----------------------------------------------------------------------------- pipelines
 
 class ImagePipelineOutput:
@@ -218,8 +250,8 @@ class _Progress:
     def denoise(x, t):
       out = denoise_fn(x, t)
       with tf.control_dependencies([out]):
-        done = tf.py_function(self.tick, [], [])
-      with tf.control_dependencies(done):
+        done = tf.py_function(self.tick, [], [])  # an Operation (no outputs)
+      with tf.control_dependencies([done]):
         return tf.identity(out)
     return denoise
 
@@ -304,6 +336,7 @@ class Pipeline:
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f'output_type must be one of {OUTPUT_TYPES}, got {output_type!r}')
     steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
+    steps = steps or self.diffusion.num_timesteps
     gen = self._generator(seed, generator)
     shape = (int(batch_size), *self.image_shape)
     if latents is None:
@@ -338,10 +371,16 @@ class Pipeline:
   def num_evaluations(self, steps):
     return steps
 
+  def _placement(self):
+    """Where diffusers places the steps, from the scheduler config."""
+    return dict(spacing=self.scheduler_config['timestep_spacing'],
+                steps_offset=int(self.scheduler_config['steps_offset']))
+
 
 class DDPMPipeline(Pipeline):
-  """Ancestral sampling (1000 steps by default; fewer steps respace the process as
-  diffusers' DDPMScheduler does)."""
+  """Ancestral sampling (all the model's steps by default, 1000 for the Hub models; fewer
+  steps respace the process as diffusers' DDPMScheduler does)."""
+  default_steps = None
 
   def _sample(self, x_T, noise_fn, num_inference_steps, **options):
     if options:
@@ -349,7 +388,8 @@ class DDPMPipeline(Pipeline):
     diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)
     T = diffusion.num_timesteps
     if num_inference_steps != T:
-      timesteps = sampling.diffusers_timesteps(self.scheduler_config, num_inference_steps)[::-1]
+      timesteps = sampling.diffusers_timesteps(T, num_inference_steps, **self._placement(),
+                                               scheduler='ddpm')[::-1]
       diffusion, wrap = sampling.respace(diffusion, timesteps)
       denoise = wrap(denoise)
     clip, B = bool(self.scheduler_config['clip_sample']), x_T.shape[0]
@@ -359,3 +399,43 @@ class DDPMPipeline(Pipeline):
                                  clip_denoised=clip, return_pred_xstart=False),)
 
     return timestep_loop(diffusion.num_timesteps, body, (x_T,))[0]
+
+
+class DDIMPipeline(Pipeline):
+  """DDIM (50 steps, ``eta=0.`` by default) as diffusers' DDIMPipeline + DDIMScheduler."""
+  scheduler_class = 'DDIMScheduler'
+  pipeline_class = 'DDIMPipeline'
+  default_steps = 50
+
+  def __call__(self, batch_size=1, num_inference_steps=None, *, eta=0., **kwargs):
+    return super().__call__(batch_size, num_inference_steps, eta=float(eta), **kwargs)
+
+  def _sample(self, x_T, noise_fn, num_inference_steps, *, eta):
+    cfg = self.scheduler_config
+    return sampling.diffusers_ddim_sample_loop(
+        self.diffusion, self._progress.wrap(self._denoise), shape=tuple(x_T.shape),
+        steps=num_inference_steps, set_alpha_to_one=bool(cfg['set_alpha_to_one']),
+        clip_sample=bool(cfg['clip_sample']), eta=eta, x_T=x_T, noise_fn=noise_fn,
+        **self._placement())
+
+
+class PNDMPipeline(Pipeline):
+  """PNDM (50 steps by default: 59 network evaluations, 51 with ``skip_prk_steps`` in the
+  scheduler config) as diffusers' PNDMPipeline + PNDMScheduler."""
+  scheduler_class = 'PNDMScheduler'
+  pipeline_class = 'PNDMPipeline'
+  default_steps = 50
+
+  def num_evaluations(self, steps):
+    return steps + (1 if self.scheduler_config['skip_prk_steps'] else 9)
+
+  def _sample(self, x_T, noise_fn, num_inference_steps):
+    cfg = self.scheduler_config
+    return sampling.pndm_sample_loop(
+        self.diffusion, self._progress.wrap(self._denoise), shape=tuple(x_T.shape),
+        steps=num_inference_steps, skip_prk_steps=bool(cfg['skip_prk_steps']),
+        set_alpha_to_one=bool(cfg['set_alpha_to_one']), x_T=x_T, noise_fn=noise_fn,
+        **self._placement())
+
+
+PIPELINES = {'ddpm': DDPMPipeline, 'ddim': DDIMPipeline, 'pndm': PNDMPipeline}

@@ -4,6 +4,7 @@ the digits set, v1 for the 256x256 sets), experiment names and the bucket path m
 
 import inspect
 import io
+import json
 import os
 
 import numpy as np
@@ -273,15 +274,24 @@ def script_defaults(train_fn):
           if p.default is not inspect.Parameter.empty}
 
 
-def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True, mixed_precision=None):
+def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True, mixed_precision=None,
+                            pretrained=None):
   """(model, kwargs, checkpoint prefix, step) from a run directory or a checkpoint prefix.
 
   A run directory brings its kwargs.json; a bare checkpoint (e.g. the authors'
   ``diffusion_cifar10_model/model.ckpt-790000``) uses a kwargs.json beside it if present,
-  else the script's defaults, which are the released models' settings.
+  else the script's defaults, which are the released models' settings. ``pretrained`` (a
+  Hub id or a diffusers folder, see `pipelines.load_pretrained`) gives (model, {}, pretrained,
+  None).
   """
-  if bool(model_dir) == bool(ckpt):
-    raise ValueError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint prefix)')
+  if sum(map(bool, (model_dir, ckpt, pretrained))) != 1:
+    raise ValueError('pass exactly one of --model_dir (a training run), --ckpt (a checkpoint '
+                     'prefix) or --pretrained (a Hub id or diffusers folder)')
+  if pretrained:
+    from . import pipelines
+    if mixed_precision not in (None, 'none', 'float32'):
+      raise ValueError('--mixed_precision applies to --model_dir / --ckpt models only')
+    return pipelines.pretrained_model(pretrained, ema=ema), {}, pretrained, None
   prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
   kw = read_run_kwargs(model_dir or os.path.dirname(prefix), script_defaults(train_fn))
   if mixed_precision is not None:
@@ -311,19 +321,25 @@ def write_samples(out_prefix, samples, *, overwrite=False):
 
 def sample(train_fn, *, model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm',
            steps=None, eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None, export_npz=None, export_png_dir=None, summary_fn=None):
-  """The scripts' ``sample`` command: draw samples from a run or a checkpoint and write
-  ``OUT.npz`` and ``OUT.png`` (and, if asked, ``export_npz`` with ``arr_0`` and PNGs in
-  ``export_png_dir``, see `interop`), then one summary line (with ``summary_fn(images)``
-  appended, e.g. the digits' recognisable share). Returns the uint8 samples [N, H, W, C]."""
+           mixed_precision=None, export_npz=None, export_png_dir=None, summary_fn=None,
+           pretrained=None):
+  """The scripts' ``sample`` command: draw samples from a run, a checkpoint or a pretrained
+  (Hub / diffusers) model and write ``OUT.npz`` and ``OUT.png`` (and, if asked, ``export_npz``
+  with ``arr_0`` and PNGs in ``export_png_dir``, see `interop`), then one summary line (with
+  ``summary_fn(images)`` appended, e.g. the digits' recognisable share). Returns the uint8
+  samples [N, H, W, C]."""
   model, kw, prefix, step = load_model_for_sampling(train_fn, model_dir=model_dir, ckpt=ckpt, ema=ema,
-                                                    mixed_precision=mixed_precision)
+                                                    mixed_precision=mixed_precision,
+                                                    pretrained=pretrained)
   startup.announce_devices(tf.distribute.get_strategy())
   print(f'Loaded {"EMA" if ema else "raw"} weights from {prefix} (step {step})')
   if out is None:
     tag = (f'{sampler}{steps or sampling.DEFAULT_STEPS.get(sampler, model.diffusion.num_timesteps)}'
            + (f'_order{order}' if order is not None else '') + (f'_eta{eta}' if sampler == 'ddim' else ''))
-    out = os.path.join(model_dir or os.path.dirname(prefix), f'samples_{tag}_ema{int(bool(ema))}_step{step}')
+    if pretrained:  # a Hub id or folder: write beside the current directory
+      out = f'samples_{os.path.basename(os.path.normpath(pretrained))}_{tag}'
+    else:
+      out = os.path.join(model_dir or os.path.dirname(prefix), f'samples_{tag}_ema{int(bool(ema))}_step{step}')
   _check_free(out, overwrite)  # fail before sampling for an hour, not after
   interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
   samples = sampling.generate_samples(model, num_samples, batch_size, sampler=sampler, steps=steps,
@@ -400,7 +416,8 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
                dump_samples_only=False, load_ckpt=None, samples_dir=None, limit_dataset_size=0,
                sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None, inception_graph=None,
                seed=0, stats_cache_dir=None, features='inception', ref_stats=None,
-               export_npz=None, export_png_dir=None, poll_interval=60, timeout=None):
+               export_npz=None, export_png_dir=None, poll_interval=60, timeout=None,
+               pretrained=None):
   """The scripts' ``evaluation`` command: FID / IS of the EMA model (`EvalWorker`).
 
   Reads the model configuration from ``<model_dir>/kwargs.json`` (or the script's
@@ -409,15 +426,19 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
   reported before any work. ``ref_stats``: a TTUR / pytorch-fid statistics file to compare
   with instead of the data set's images (see `interop`). ``export_npz`` / ``export_png_dir``
   (with ``dump_samples_only`` of one checkpoint): the dumped samples also as one ``arr_0``
-  .npz / a folder of PNGs. Returns None.
+  .npz / a folder of PNGs. With ``pretrained`` (a Hub id or diffusers folder) the script's
+  data set is the reference and ``model_dir`` receives the model as a TF1 checkpoint
+  (``model.ckpt-0``) and the results. Returns None.
   """
   from .tpu_utils import eval_worker
-  if (export_npz or export_png_dir) and not (dump_samples_only and (once or load_ckpt)):
+  if (export_npz or export_png_dir) and not (dump_samples_only and (once or load_ckpt or pretrained)):
     raise ValueError('--export_npz / --export_png_dir need --dump_samples_only and one checkpoint '
                      '(--once or --load_ckpt)')
   if ref_stats and dump_samples_only:
     raise ValueError('--ref_stats is for FID; --dump_samples_only computes none')
   interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
+  if pretrained:
+    model_dir, load_ckpt, once = _pretrained_run_dir(pretrained, model_dir), 'model.ckpt-0', True
   kw = read_run_kwargs(model_dir, defaults)
   extractor = reference = None
   if not dump_samples_only:
@@ -426,8 +447,12 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
   kw, ds = eval_dataset(kw, bucket_name_prefix=bucket_name_prefix, region=region,
                         data_paths=data_paths, check=not ref_stats)
   strategy = tpu_utils.resolve_strategy(tpu_name)
+  model = lambda: make_model(kw, ds.image_shape, ds.num_classes)
+  if pretrained:
+    with strategy.scope():
+      model = _pretrained_for(pretrained, ds.image_shape)
   worker = eval_worker.EvalWorker(
-      lambda: make_model(kw, ds.image_shape, ds.num_classes), total_bs, ds,
+      model, total_bs, ds,
       inception_bs=total_bs, num_inception_samples=num_inception_samples,
       limit_dataset_size=limit_dataset_size, extractor=extractor, stats_cache_dir=stats_cache_dir,
       sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order, strategy=strategy,
@@ -441,6 +466,35 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
     images = interop.read_sample_shards(paths)
     print(f'Exported {len(images)} samples to '
           f'{interop.export_samples(images, npz=export_npz, png_dir=export_png_dir)}')
+
+
+def _pretrained_run_dir(pretrained, model_dir):
+  """Writes a pretrained model as ``<model_dir>/model.ckpt-0`` (EMA and raw names, TF1 layout)
+  so that the evaluation reads it like a run; reuses one written for the same model."""
+  from . import pipelines
+  if not model_dir:
+    raise ValueError('--pretrained evaluation needs --model_dir: the folder for the results')
+  marker = os.path.join(model_dir, 'pretrained.json')
+  if tf.io.gfile.exists(marker):
+    if utils.read_json(marker).get('pretrained') != pretrained:
+      raise FileExistsError(f'{model_dir} holds another pretrained model ({marker}); pass another '
+                            f'--model_dir')
+    return model_dir
+  if tf.io.gfile.exists(model_dir) and tf.train.latest_checkpoint(model_dir):
+    raise FileExistsError(f'{model_dir} already holds checkpoints; pass an empty or new --model_dir '
+                          f'for --pretrained')
+  pipelines.save_tf1_checkpoint(pipelines.pretrained_model(pretrained).net, model_dir)
+  utils.atomic_write(marker, json.dumps({'pretrained': pretrained}).encode(), overwrite=False)
+  return model_dir
+
+
+def _pretrained_for(pretrained, image_shape):
+  from . import pipelines
+  model = pipelines.pretrained_model(pretrained)
+  if tuple(model.image_shape) != tuple(image_shape):
+    raise ValueError(f'--pretrained {pretrained} makes {model.image_shape} images, the data set '
+                     f'{image_shape}: evaluate it with the script of its data set')
+  return model
 
 
 def simple_eval(*, model_dir, mode, total_bs, defaults=None, tpu_name=None, bucket_name_prefix=None, region=None,

@@ -35,7 +35,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                *, region=None, num_inception_samples=50000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', order=None, inception_graph=None, seed=0,
                stats_cache_dir=None, ref_stats=None,
-               export_npz=None, export_png_dir=None):
+               export_npz=None, export_png_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 50000 samples against the train (49920) and
   test (9984) images. Watches --model_dir for new checkpoints unless --once or --load_ckpt
   (e.g. model.ckpt-790000); --dump_samples_only writes the samples as .npz shards instead.
@@ -55,7 +55,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
-                     export_png_dir=export_png_dir)
+                     export_png_dir=export_png_dir, pretrained=pretrained)
 
 
 def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eval', load_ckpt=None,
@@ -73,10 +73,11 @@ def simple_eval(model_dir, tpu_name=None, bucket_name_prefix=None, mode='bpd_eva
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None, export_npz=None, export_png_dir=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None, pretrained=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_cifar10_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
-  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder."""
   runners.sample(train, **locals())
 
 

@@ -52,14 +52,15 @@ def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='un
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None, export_npz=None, export_png_dir=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None, pretrained=None):
   """Samples from a digits run (or checkpoint), writes OUT.npz and OUT.png and says how many
   samples a digit classifier recognises.
-  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder."""
   runners.sample(train, model_dir=model_dir, ckpt=ckpt, num_samples=num_samples,
                  batch_size=batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                  seed=seed, ema=ema, out=out, overwrite=overwrite, mixed_precision=mixed_precision,
-                 export_npz=export_npz, export_png_dir=export_png_dir,
+                 export_npz=export_npz, export_png_dir=export_png_dir, pretrained=pretrained,
                  summary_fn=lambda images: digits_classifier.recognisable_digits(images).summary())
 
 
@@ -68,7 +69,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                *, region=None, num_inception_samples=1000, samples_dir=None, sampler='ddpm',
                steps=None, eta=0., spacing='uniform', order=None, features='digits', inception_graph=None,
                seed=0, stats_cache_dir=None, ref_stats=None,
-               export_npz=None, export_png_dir=None):
+               export_npz=None, export_png_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 1000 samples against the train (1700 in
   batches of 100) and eval (100) images, measured with the features of a digits classifier
   (--features digits, the default; see digits_features.py and the README for the scale:
@@ -91,7 +92,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      spacing=spacing, order=order, inception_graph=inception_graph, seed=seed,
                      stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
-                     export_png_dir=export_png_dir)
+                     export_png_dir=export_png_dir, pretrained=pretrained)
 
 
 if __name__ == '__main__':

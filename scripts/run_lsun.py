@@ -39,7 +39,7 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                num_inception_samples=2048,
                *, load_ckpt=None, region=None, sampler='ddpm', steps=None, eta=0.,
                spacing='uniform', order=None, inception_graph=None, seed=0, stats_cache_dir=None, ref_stats=None,
-               export_npz=None, export_png_dir=None):
+               export_npz=None, export_png_dir=None, pretrained=None):
   """FID / Inception Score of the EMA weights: 2048 samples against the first 234 shuffled
   batches (29952 images) of --tfr_file ("for memory reasons", as the original). The default
   --tfr_file is the original's, which lacks the church/ directory of the train default: pass
@@ -60,15 +60,16 @@ def evaluation(model_dir, tpu_name=None, bucket_name_prefix=None, once=False,
                      limit_dataset_size=30000, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                      inception_graph=inception_graph, seed=seed, stats_cache_dir=stats_cache_dir,
                      ref_stats=ref_stats, export_npz=export_npz,
-                     export_png_dir=export_png_dir)
+                     export_png_dir=export_png_dir, pretrained=pretrained)
 
 
 def sample(model_dir=None, ckpt=None, num_samples=64, batch_size=64, sampler='ddpm', steps=None,
            eta=0., spacing='uniform', order=None, seed=0, ema=True, out=None, overwrite=False,
-           mixed_precision=None, export_npz=None, export_png_dir=None):
+           mixed_precision=None, export_npz=None, export_png_dir=None, pretrained=None):
   """Samples from a run (--model_dir) or a checkpoint prefix (--ckpt, e.g. the authors'
   diffusion_lsun_{church,bedroom,cat}_model/model.ckpt-N) and writes OUT.npz (uint8) and OUT.png.
-  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs."""
+  --export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / as PNGs.
+  --pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a diffusers folder."""
   runners.sample(train, **locals())
 
 

@@ -1,0 +1,161 @@
+"""DDPM / DDIM / PNDM pipelines reproduce diffusers' pipelines for the same x_T (and, for
+DDPM, the same step noise), on the small models of tests/fixtures/diffusers; the pipeline API;
+the scripts' --pretrained and the conversion command."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from diffusion_tf import checkpoints, pipelines, runners
+from diffusion_tf.models import unet
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'diffusers')
+FOLDERS = {'google': os.path.join(FIXTURES, 'google'), 'uncond': os.path.join(FIXTURES, 'uncond')}
+# Images in [0, 1] after 50-1000 float32 steps of a network whose outputs agree with
+# diffusers' to ~1e-5 of their scale: the deterministic samplers carry the per-step rounding
+# to the end (~2e-5 per evaluation), the stochastic one damps it.
+ATOL = {'ddpm': 1e-3, 'ddim': 2e-5 * 50, 'pndm': 2e-5 * 59}
+
+
+@pytest.fixture(scope='module')
+def ref():
+  return dict(np.load(os.path.join(FIXTURES, 'reference.npz')))
+
+
+class ReplayNoise(tf.Module):
+  """A generator replaying diffusers' recorded step noise (zeros once it runs out: diffusers
+  adds no noise at t = 0, where ours draws and masks it)."""
+
+  def __init__(self, noise):
+    super().__init__()
+    self.noise = tf.constant(np.concatenate([noise, np.zeros_like(noise[:1])]))
+    self.i = tf.Variable(0)
+
+  def normal(self, shape, dtype=tf.float32):
+    i = self.i.assign_add(1) - 1
+    return tf.cast(tf.reshape(tf.gather(self.noise, i), shape), dtype)
+
+
+@pytest.mark.parametrize('tag', ['google', 'uncond'])
+def test_ddpm_pipeline_matches_diffusers_with_its_noise(ref, tag):
+  pipe = pipelines.DDPMPipeline.from_pretrained(FOLDERS[tag])
+  out = pipe(batch_size=1, latents=ref[f'{tag}_ddpm_xT'], output_type='np', progress=False,
+             generator=ReplayNoise(ref[f'{tag}_ddpm_noise'])).images
+  np.testing.assert_allclose(out, ref[f'{tag}_ddpm_images'], rtol=0, atol=ATOL['ddpm'])
+
+
+@pytest.mark.parametrize('tag', ['google', 'uncond'])
+@pytest.mark.parametrize('name', ['ddim', 'pndm'])
+def test_ddim_and_pndm_pipelines_match_diffusers(ref, tag, name):
+  pipe = pipelines.PIPELINES[name].from_pretrained(FOLDERS[tag])  # from a DDPM scheduler config
+  out = pipe(latents=ref[f'{tag}_{name}_xT'], output_type='np', progress=False).images
+  np.testing.assert_allclose(out, ref[f'{tag}_{name}_images'], rtol=0, atol=ATOL[name])
+
+
+def test_pipeline_outputs_seeds_and_latents(capsys):
+  pipe = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'])
+  assert pipe.scheduler_config['set_alpha_to_one'] and pipe.pipeline_class == 'DDIMPipeline'
+  a = pipe(batch_size=2, num_inference_steps=5, seed=3, output_type='np').images
+  assert a.shape == (2, 8, 8, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+  assert '5/5' in capsys.readouterr().err  # the progress bar counted the evaluations
+  b = pipe(batch_size=2, num_inference_steps=5, seed=3, output_type='np', progress=False).images
+  np.testing.assert_array_equal(a, b)
+  pil = pipe(batch_size=2, num_inference_steps=5, seed=3, progress=False).images
+  assert len(pil) == 2 and isinstance(pil[0], Image.Image) and pil[0].size == (8, 8)
+  np.testing.assert_array_equal(np.asarray(pil[1]), (a[1] * 255).round().astype(np.uint8))
+  with pytest.raises(ValueError, match=r'latents must have shape \(2, 8, 8, 3\)'):
+    pipe(batch_size=2, latents=np.zeros([1, 8, 8, 3], np.float32))
+  with pytest.raises(ValueError, match='output_type'):
+    pipe(output_type='pt')
+
+
+def test_pndm_counts_its_evaluations():
+  pipe = pipelines.PNDMPipeline.from_pretrained(FOLDERS['uncond'])
+  assert pipe.num_evaluations(50) == 59
+
+
+# ----------------------------------------------------------------------------- run dirs, scripts
+
+KW = dict(dataset='digits', resolution=8, channels=3, model_name='unet_tiny_hub_test',
+          optimizer='adam', total_bs=50, lr=1e-3, warmup=0, grad_clip=1.,
+          num_diffusion_timesteps=10, beta_start=0.0001, beta_end=0.02, beta_schedule='linear',
+          model_mean_type='eps', model_var_type='fixedsmall', loss_type='mse', dropout=0.0,
+          randflip=0, exp_name='t', block_size=1)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+  monkeypatch.setitem(unet.MODEL_CONFIGS, KW['model_name'],
+                      dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)))
+  d = str(tmp_path / 'run')
+  os.makedirs(d)
+  with open(os.path.join(d, 'kwargs.json'), 'w') as f:
+    json.dump(KW, f)
+  model = runners.make_model(KW, (8, 8, 3))
+  shadows = [tf.constant(v.numpy() + 0.05) for v in model.net.trainable_variables]
+  checkpoints.write_tf1_checkpoint(os.path.join(d, 'model.ckpt'),
+                                   checkpoints.model_var_dict(model.net, shadows), global_step=7)
+  return d, shadows
+
+
+def test_run_directory_loads_with_its_diffusion_and_ema_weights(run_dir, tmp_path):
+  d, shadows = run_dir
+  pipe = pipelines.DDPMPipeline.from_pretrained(d)
+  for s, v in zip(shadows, pipe.unet.trainable_variables):
+    np.testing.assert_array_equal(s.numpy(), v.numpy())
+  assert pipe.diffusion.num_timesteps == 10 and pipe.diffusion.model_var_type == 'fixedsmall'
+  out = pipe.save_pretrained(str(tmp_path / 'hub'))
+  sched = json.load(open(os.path.join(out, 'scheduler', 'scheduler_config.json')))
+  assert (sched['num_train_timesteps'], sched['variance_type'], sched['beta_schedule']) == (
+      10, 'fixed_small', 'linear')
+  again = pipelines.DDPMPipeline.from_pretrained(out)
+  x = tf.random.stateless_normal([1, 8, 8, 3], [0, 1])
+  np.testing.assert_array_equal(pipe(latents=x, seed=1, output_type='np', progress=False).images,
+                                again(latents=x, seed=1, output_type='np', progress=False).images)
+
+
+def test_sample_command_with_pretrained(tmp_path):
+  from scripts import run_cifar
+  out = str(tmp_path / 'samples')
+  run_cifar.sample(pretrained=FOLDERS['google'], num_samples=3, batch_size=2, sampler='ddim',
+                   steps=4, out=out)
+  images = np.load(out + '.npz')['samples']
+  assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8 and os.path.exists(out + '.png')
+  with pytest.raises(ValueError, match='exactly one of'):
+    run_cifar.sample(pretrained=FOLDERS['google'], ckpt='x')
+
+
+def test_convert_command_both_ways(tmp_path, run_dir):
+  from scripts import convert_diffusers
+  d, shadows = run_dir
+  convert_diffusers.to_diffusers(d, str(tmp_path / 'hub'), pipeline='pndm')
+  index = json.load(open(tmp_path / 'hub' / 'model_index.json'))
+  assert index['scheduler'] == ['diffusers', 'PNDMScheduler']
+  convert_diffusers.to_tf1(str(tmp_path / 'hub'), str(tmp_path / 'tf1'))
+  reader = tf.train.load_checkpoint(str(tmp_path / 'tf1' / 'model.ckpt-0'))
+  for s, v in zip(shadows, pipelines.load_pretrained(d)[0].trainable_variables):
+    np.testing.assert_array_equal(reader.get_tensor(checkpoints.ema_name(unet.tf1_name(v))), s.numpy())
+  with pytest.raises(FileExistsError):
+    convert_diffusers.to_tf1(str(tmp_path / 'hub'), str(tmp_path / 'tf1'))
+
+
+def test_evaluation_reads_a_pretrained_model_as_a_run(tmp_path):
+  """`evaluation --pretrained` writes the model as model.ckpt-0 under --model_dir (EMA names),
+  reuses it for the same model and refuses a folder holding anything else."""
+  d = str(tmp_path / 'eval')
+  assert runners._pretrained_run_dir(FOLDERS['google'], d) == d
+  net, _ = pipelines.load_diffusers_folder(FOLDERS['google'])
+  reader = tf.train.load_checkpoint(os.path.join(d, 'model.ckpt-0'))
+  for v in net.trainable_variables:
+    np.testing.assert_array_equal(reader.get_tensor(checkpoints.ema_name(unet.tf1_name(v))), v.numpy())
+  assert runners._pretrained_run_dir(FOLDERS['google'], d) == d  # reused
+  with pytest.raises(FileExistsError, match='another pretrained model'):
+    runners._pretrained_run_dir(FOLDERS['uncond'], d)
+  model = runners._pretrained_for(FOLDERS['google'], (8, 8, 3))
+  assert model.image_shape == (8, 8, 3) and model.diffusion.model_var_type == 'fixedlarge'
+  with pytest.raises(ValueError, match='evaluate it with the script of its data set'):
+    runners._pretrained_for(FOLDERS['google'], (32, 32, 3))
