@@ -205,7 +205,7 @@ def batch_seed(seed, index):
 DEFAULT_STEPS = {'pndm': 50, 'dpmsolver++': 20, 'unipc': 20}
 
 
-def _check_order(sampler, order):
+def check_order(sampler, order):
   """The solver order of ``sampler`` (its default for None); an error for a bad one."""
   if sampler not in DEFAULT_ORDERS:
     if order is not None:
@@ -246,7 +246,7 @@ class Sampler:
     self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
     self.diffusion = model.diffusion
     T = self.diffusion.num_timesteps
-    self.order, self.skip_prk_steps = _check_order(sampler, order), bool(skip_prk_steps)
+    self.order, self.skip_prk_steps = check_order(sampler, order), bool(skip_prk_steps)
     if sampler in DIFFUSERS_DEFAULT_SPACING:
       self.steps = DEFAULT_STEPS[sampler] if steps is None else _check_steps(steps, T)
       if spacing == 'uniform':

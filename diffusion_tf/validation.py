@@ -141,6 +141,11 @@ def _spacings():
   return SPACINGS
 
 
+def _features():
+  from .runners import FEATURES
+  return FEATURES
+
+
 def _simple_eval_modes():
   from .tpu_utils.simple_eval_worker import MODES
   return MODES
@@ -163,6 +168,7 @@ RULES = {
     'log_dir': path, 'tfds_data_dir': path, 'tfr_file': path, 'folder': path,
     'warm_start_model_dir': path, 'model_dir': path, 'ckpt': path, 'out': path,
     'load_ckpt': path, 'samples_dir': path, 'inception_graph': path, 'stats_cache_dir': path,
+    'pretrained': path, 'ref_stats': path, 'export_npz': path, 'export_png_dir': path,
     # the model and the diffusion
     'model_name': one_of(_model_names), 'dataset': one_of(_datasets),
     'resolution': integer(1, optional=True), 'channels': integer(1), 'block_size': integer(1),
@@ -185,7 +191,8 @@ RULES = {
     'steps': integer(1, optional=True), 'eta': number(at_least=0), 'spacing': one_of(_spacings),
     'ema': boolean, 'overwrite': boolean, 'once': boolean, 'dump_samples_only': boolean,
     'num_inception_samples': integer(2), 'mode': one_of(_simple_eval_modes),
-    'max_batches': integer(1, optional=True),
+    'max_batches': integer(1, optional=True), 'features': one_of(_features),
+    'order': integer(1, optional=True),  # which orders a sampler takes: _order_fits_the_sampler
 }
 
 
@@ -230,9 +237,21 @@ def _dataset_needs(a):
 
 
 def _one_source(a):
-  if {'model_dir', 'ckpt'} <= set(a) and bool(a['model_dir']) == bool(a['ckpt']):
-    raise FlagError('pass exactly one of --model_dir (a training run) or --ckpt (a checkpoint '
-                    'prefix or directory)')
+  if {'model_dir', 'ckpt'} <= set(a):
+    sources = ('model_dir', 'ckpt', 'pretrained') if 'pretrained' in a else ('model_dir', 'ckpt')
+    if sum(bool(a[k]) for k in sources) != 1:
+      raise FlagError('pass exactly one of --model_dir (a training run), --ckpt (a checkpoint '
+                      'prefix or directory)'
+                      + (' or --pretrained (a Hub id or diffusers folder)' if 'pretrained' in a else ''))
+
+
+def _order_fits_the_sampler(a):
+  if 'order' in a and 'sampler' in a:
+    from .sampling import check_order
+    try:
+      check_order(a['sampler'], a['order'])
+    except ValueError as e:
+      raise FlagError(str(e)) from None
 
 
 def _linear_schedule_needs_max_steps(a):
@@ -242,6 +261,7 @@ def _linear_schedule_needs_max_steps(a):
 
 
 CROSS_RULES = (_beta_range, _resolution_fits_the_model, _dataset_needs, _one_source,
+               _order_fits_the_sampler,
                _linear_schedule_needs_max_steps)
 
 

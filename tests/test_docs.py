@@ -91,9 +91,11 @@ def script_commands(script):
   raise AssertionError(f'{script}: no command table found in its __main__ block')
 
 
-def _substitute_env(argv):
-  # $VARS in the docs stand for user values: give fire a placeholder string.
-  return [re.sub(r'\$\{?(\w+)\}?', lambda m: m.group(1).lower(), a) for a in argv]
+def _as_fire_sees_it(argv):
+  # $VARS in the docs stand for user values: give fire a placeholder string. The scripts'
+  # entry point (`cli.main`) takes --debug itself.
+  from diffusion_tf.cli import DEBUG_FLAG
+  return [re.sub(r'\$\{?(\w+)\}?', lambda m: m.group(1).lower(), a) for a in argv if a != DEBUG_FLAG]
 
 
 def check_accepted(script, argv):
@@ -112,7 +114,7 @@ def check_accepted(script, argv):
 
   stub.__signature__ = inspect.signature(fn)
   try:
-    fire.Fire(stub, command=_substitute_env(rest), name=f'{script.name} {name or ""}')
+    fire.Fire(stub, command=_as_fire_sees_it(rest), name=f'{script.name} {name or ""}')
   except fire.core.FireExit as e:
     raise AssertionError(f'{script.name} {name}: fire refused {rest} (exit {e.code})') from None
   assert calls, f'{script.name} {name}: fire did not call the command with {rest}'
@@ -142,3 +144,39 @@ def test_renamed_flag_is_caught():
     check_accepted(script, ['train', '--max_stepz', '3'])
   with pytest.raises(AssertionError, match='no command'):
     check_accepted(script, ['trian'])
+
+
+# ----------------------------------------------------------------------------- runnable blocks
+
+RUNNABLE = [(f'{path.name}:{line}', text) for path in DOC_FILES
+            for lang, line, text, runnable in fenced_blocks(path) if runnable and lang == 'python']
+TINY_DIFFUSERS_MODEL = ROOT / 'tests' / 'fixtures' / 'diffusers' / 'google'
+
+
+def fake_hub_cache(hf_home, repo_ids):
+  """An offline Hugging Face cache in which every repo of ``repo_ids`` is the tiny diffusers
+  model of the test fixtures (the google repos' flat layout), laid out as huggingface_hub's
+  ``snapshot_download`` leaves a download."""
+  import shutil
+  revision = '0' * 40
+  for repo_id in repo_ids:
+    repo = Path(hf_home) / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    shutil.copytree(TINY_DIFFUSERS_MODEL, repo / 'snapshots' / revision)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)
+
+
+def test_docs_have_runnable_blocks():
+  assert any(where.startswith('README.md') for where, _ in RUNNABLE)
+
+
+@pytest.mark.parametrize('where,code', RUNNABLE, ids=[w for w, _ in RUNNABLE])
+def test_runnable_block_runs(where, code, tmp_path, monkeypatch):
+  """The block runs as written, with the Hub ids it names served from an offline cache that
+  holds a tiny model of the same format (the Hub cannot be reached from the tests)."""
+  repo_ids = sorted(set(re.findall(r'from_pretrained\(\s*["\']([\w.-]+/[\w.-]+)["\']', code)))
+  fake_hub_cache(tmp_path / 'hf', repo_ids)
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, where, 'exec'), {'__name__': '__docs__'})  # noqa: S102  (our own docs)
