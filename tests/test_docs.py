@@ -180,3 +180,14 @@ def test_runnable_block_runs(where, code, tmp_path, monkeypatch):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.chdir(tmp_path)
   exec(compile(code, where, 'exec'), {'__name__': '__docs__'})  # noqa: S102  (our own docs)
+
+
+def test_relative_links_point_to_files():
+  broken = []
+  for path in DOC_FILES:
+    for target in re.findall(r'\]\(([^)\s]+)\)', path.read_text()):
+      if re.match(r'[a-z]+://', target) or target.startswith('#'):
+        continue
+      if not (path.parent / target.split('#')[0]).exists():
+        broken.append(f'{path.name}: {target}')
+  assert not broken, broken
