@@ -188,6 +188,7 @@ def _batch_order_error_bound(ext):
   return 2 * gamma * a + 8 * u
 
 
+@pytest.mark.numerics
 def test_fid_of_identical_sets_is_zero(dataset):
   """Real uint8 images through the reference path, and the same images as [-1, 1] "samples"
   through the evaluation's sample path: FID ~ 0, equal IS; a different set: FID clearly > 0."""

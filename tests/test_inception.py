@@ -157,6 +157,7 @@ def test_preprocess_grey_images_as_rgb():
 
 # ----------------------------------------------------------------------------- load and run
 
+@pytest.mark.numerics
 def test_load_and_run_matches_numpy(graph_files, extractor):
   x = _images(3)
   out = extractor(x)
@@ -424,6 +425,7 @@ class CountingExtractor:
     return self.inner(images)
 
 
+@pytest.mark.numerics
 def test_compute_reference_stats_matches_direct_computation():
   ex = inception.make_random_projection_extractor(dim=16)
   x = _images(50, size=12, seed=11)

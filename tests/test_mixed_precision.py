@@ -55,6 +55,7 @@ def _rel(a, b):
   return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_low_precision_output_close_to_float32(dtype):
   ref, low = _pair(dtype)
@@ -85,6 +86,7 @@ def test_variables_stay_float32_with_the_same_names():
   assert [v.shape for v in low.trainable_variables] == [v.shape for v in ref.trainable_variables]
 
 
+@pytest.mark.numerics
 def test_bfloat16_gradients_are_float32_and_close():
   ref, low = _pair('bfloat16', seed=2)
   x, t = _inputs(seed=3)
@@ -151,6 +153,7 @@ def gn_path(request):
 @pytest.mark.parametrize('swish', [False, True])
 @pytest.mark.parametrize('shape', [(2, 5, 4, 64), (3, 8, 8, 96), (2, 6, 32), (4, 64),
                                    (1, 64, 48, 32)])  # the last: many row chunks merged
+@pytest.mark.numerics
 def test_group_norm_fast_path_value_and_gradient(shape, swish, gn_path):
   """Value and gradients (x, gamma, beta) of the hand-differentiated GroupNorm(+swish) vs
   TF's autodiff of the straightforward composition: both in float32, judged against the
@@ -196,6 +199,7 @@ def test_group_norm_unknown_batch_and_spatial_dims(gn_path):
   np.testing.assert_allclose(f(x).numpy(), gn(tf.constant(x), swish=True).numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('dtype', [tf.bfloat16, tf.float16])
 def test_group_norm_low_precision_input(dtype, gn_path):
   rng = np.random.default_rng(5)
@@ -241,6 +245,7 @@ def test_fused_kernel_builds_and_is_used():
   assert not {'DiffusionGroupNorm', 'DiffusionGroupNormGrad'} & types
 
 
+@pytest.mark.numerics
 def test_fused_kernel_is_deterministic_and_accurate_with_a_large_offset():
   """Partial sums are merged in a fixed order (same bits on every call, whatever the
   thread timing) and the chunk merge keeps two-pass accuracy when |mean| >> std."""
@@ -294,6 +299,7 @@ def _load_in_subprocess(env):
   # register its kernels twice.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env)
   env.pop('CXX', None)
+  env[ops.ENV_SWITCH] = '1'  # this is about building them, even where the suite runs without
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return subprocess.run([sys.executable, '-c', _LOAD_KERNEL], cwd=root, env=env,
                         capture_output=True, text=True, timeout=600).stdout

@@ -14,6 +14,7 @@ from diffusion_tf import nn
 
 # ----------------------------------------------------------------------------- timestep embedding
 
+@pytest.mark.numerics
 def test_timestep_embedding_reference_values():
   # §2.5 reference values for t=[0, 1, 999], dim 8, rounded to 6 dp.
   expected = np.array([
@@ -40,6 +41,7 @@ def _np_embedding(t, dim):
   return emb
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('dim', [16, 128, 9, 33])
 def test_timestep_embedding_vs_numpy_and_odd_dim(dim):
   t = np.array([0, 3, 17, 250, 999])
@@ -134,6 +136,7 @@ def _np_group_norm(x, gamma, beta, groups=32, eps=1e-6):
   return ((g - mean) / np.sqrt(var + eps)).reshape(B, H, W, C) * gamma + beta
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('C', [32, 64, 96])
 def test_group_norm_vs_numpy(C):
   rs = np.random.RandomState(C)

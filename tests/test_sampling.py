@@ -58,6 +58,7 @@ def test_ddim_eta0_is_deterministic_given_x_T():
   assert np.abs(a.numpy() - c.numpy()).max() > 1e-3
 
 
+@pytest.mark.numerics
 def test_ddim_matches_numpy_reference():
   T = 40
   diffusion = d2.GaussianDiffusion2(betas=_betas(T), model_mean_type='eps',

@@ -77,6 +77,7 @@ def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0,
   return w, shadow, m, v
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('fused', [True, False], ids=['fused_update', 'tf_ops'])
 def test_optimizer_warmup_clipping_ema_match_hand_computation(tmp_path, fused):
   images = _images(64)
@@ -121,6 +122,7 @@ def _update_state(shapes, seed):
   return variables, shadows, tpu_utils.Adam(variables)
 
 
+@pytest.mark.numerics
 def test_fused_update_is_bit_identical_to_the_tf_kernels():
   """The fused CPU kernel (clip factor + Adam + EMA, all variables in one op) against the TF
   ops it replaces: same weights, slots, shadows and beta powers, bit for bit, over 5 steps;

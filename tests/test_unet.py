@@ -367,6 +367,7 @@ def test_cifar_forward_shape_and_zero_init_output(cifar_net):
   assert np.all(np.isfinite(out.numpy()))
 
 
+@pytest.mark.numerics
 def test_digits_forward_matches_numpy_reference():
   cfg = dict(ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,))
   net = unet.UNet(**cfg, out_ch=3, resolution=8)
@@ -488,6 +489,7 @@ def test_downsample_avg_pool_without_conv():
   np.testing.assert_allclose(down(tf.constant(x)).numpy(), ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_attn_block_vs_numpy():
   rs = np.random.RandomState(6)
   C = 64
@@ -504,6 +506,7 @@ def test_attn_block_vs_numpy():
   np.testing.assert_allclose(blk(tf.constant(x)).numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('in_ch,out_ch', [(32, 32), (32, 64)])
 def test_resnet_block_vs_numpy(in_ch, out_ch):
   rs = np.random.RandomState(in_ch + out_ch)

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from diffusion_tf import nn, ops
 
-pytestmark = pytest.mark.skipif(ops.fused_lib() is None, reason='fused CPU kernels unavailable')
+pytestmark = [pytest.mark.numerics,
+              pytest.mark.skipif(ops.fused_lib() is None, reason='fused CPU kernels unavailable')]
 
 
 def _value_and_grads(conv, x, w, b, dy, compile=False):
