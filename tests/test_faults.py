@@ -351,11 +351,12 @@ def test_kwargs_json_write_failing_midway_keeps_the_previous_one(run, monkeypatc
 
   monkeypatch.setattr(tf.io.gfile, 'GFile', DiskFullMidway)
   with pytest.raises(OSError, match='No space left'):
-    _run('run_digits', [*TRAIN, '--log_dir', log_dir, '--max_steps', 3, '--lr', 5e-4,
-                        '--allow_kwargs_mismatch'])
+    _run('run_digits', [*TRAIN, '--log_dir', log_dir, '--max_steps', 3, '--grad_clip', 0.5,
+                        '--allow_kwargs_mismatch'])  # a new setting of the same run
   monkeypatch.undo()
   after = _snapshot(model_dir)
   assert {k: after[k] for k in before} == before  # kwargs.json and the checkpoints as they were
+  assert [k for k in after if k.endswith('.bak')]  # the write got as far as kwargs.json
   assert all(k.endswith('.bak') for k in set(after) - set(before))  # no partial or temporary file
 
 
