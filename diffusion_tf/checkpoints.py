@@ -109,6 +109,27 @@ def tf1_saver(var_list, **kwargs):
     logger.setLevel(level)
 
 
+class _DropSaverDeprecations(logging.Filter):
+  """Drops TF's deprecation notices for the functions TF1's Saver calls internally when it
+  deletes checkpoints beyond ``max_to_keep`` (``remove_checkpoint``); other records pass."""
+
+  _INTERNAL = ('remove_checkpoint (from tensorflow',)
+
+  def filter(self, record):
+    msg = record.getMessage()
+    return not ('is deprecated' in msg and any(name in msg for name in self._INTERNAL))
+
+
+def saver_save(saver, prefix, global_step=None):
+  """``saver.save`` of a `tf1_saver` without the deprecation notices of TF's own internals."""
+  logger, drop = tf.get_logger(), _DropSaverDeprecations()
+  logger.addFilter(drop)
+  try:
+    return saver.save(None, prefix, global_step=global_step, write_meta_graph=False)
+  finally:
+    logger.removeFilter(drop)
+
+
 def checkpoint_mtimes(prefixes):
   """[(prefix, modification time in seconds)] of the checkpoints that exist, by their
   ``.index`` files (what TF's deprecated ``get_checkpoint_mtimes`` did, for retention)."""
@@ -131,7 +152,7 @@ def write_tf1_checkpoint(prefix, var_dict, *, global_step=None, max_to_keep=None
   var_dict = {k: (v if isinstance(v, tf.Variable) else tf.Variable(v, trainable=False))
               for k, v in var_dict.items()}
   saver = tf1_saver(var_dict, max_to_keep=max_to_keep or 5, save_relative_paths=True)
-  return saver.save(None, prefix, global_step=global_step, write_meta_graph=False)
+  return saver_save(saver, prefix, global_step=global_step)
 
 
 def model_var_dict(net, ema_shadows=None):

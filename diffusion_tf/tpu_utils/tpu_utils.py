@@ -342,7 +342,7 @@ class _Saver:
           checkpoints.checkpoint_mtimes(ckpt_state.all_model_checkpoint_paths))
 
   def save(self, step):
-    return self.saver.save(None, self.prefix, global_step=step, write_meta_graph=False)
+    return checkpoints.saver_save(self.saver, self.prefix, global_step=step)
 
 
 # ----------------------------------------------------------------------------- kwargs.json
