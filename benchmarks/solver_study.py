@@ -209,7 +209,7 @@ def write_markdown(results):
                      f'{_cell(s["fd"], fmt="{:.2f}")} | {_cell(s["distinct_digits"], fmt="{:.1f}")} | '
                      f'{_cell(s["pixel_std"], fmt="{:.3f}")} |')
   if 'eps_error_by_t' in results:
-    rows = results['eps_error_by_t']
+    rows = dict(sorted(results['eps_error_by_t'].items(), key=lambda kv: int(kv[0])))
     lines += ['', '| t | ' + ' | '.join(rows) + ' |', '|---|' + '---|' * len(rows),
               '| eps MSE | ' + ' | '.join(f'{r["eps_mse"]:.3f}' for r in rows.values()) + ' |',
               '| x0 RMSE from eps | ' + ' | '.join(f'{r["x0_rmse_from_eps"]:.3f}' for r in rows.values()) + ' |']
@@ -245,7 +245,7 @@ def write_plot(results):
   W, H, pad = 1100, 460, 60
   img = Image.new('RGB', (W, H), 'white')
   dr = ImageDraw.Draw(img)
-  panels = [('recognised share (%)', 'recognised', 100.), ('Fréchet distance (digits features)', 'fd', 1.)]
+  panels = [('recognised share (%)', 'recognised', 100.), ('Frechet distance (digits features)', 'fd', 1.)]
   pw = (W - 3 * pad) // 2
   lx0, lx1 = np.log(4), np.log(1200)
   for p, (title, key, scale) in enumerate(panels):

@@ -237,6 +237,11 @@ class Sampler:
   taken at the first batch of each size: for a Sampler whose weights do not change while
   it is used (`generate_samples` makes one per call), not for one that outlives a
   checkpoint restore.
+
+  ``order`` (dpmsolver++, unipc: 1-3, default 2) and ``skip_prk_steps`` (pndm) as in
+  `solvers`; for those samplers ``steps`` defaults to `DEFAULT_STEPS` and ``spacing`` 'uniform'
+  means the diffusers scheduler's default placement. ``num_evaluations`` is the number of
+  network calls per sample.
   """
 
   def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None,
