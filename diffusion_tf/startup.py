@@ -49,7 +49,11 @@ def filter_startup_log(text, *, has_gpu_driver):
 def _filtered_stderr():
   """Captures file descriptor 2 (C++ writes there directly) and replays it filtered."""
   sys.stderr.flush()
-  saved = os.dup(2)
+  try:
+    saved = os.dup(2)
+  except OSError:  # no file descriptor 2 (a closed stderr): nothing to filter
+    yield
+    return
   with tempfile.TemporaryFile() as capture:
     os.dup2(capture.fileno(), 2)
     try:
