@@ -23,6 +23,7 @@ _ABSL_BANNER = 'WARNING: All log messages before absl::InitializeLog() is called
 _NO_GPU_NOISE = ('failed call to cuInit', 'Could not find cuda drivers',
                  'Unable to register cuDNN factory', 'Unable to register cuFFT factory',
                  'Unable to register cuBLAS factory')
+_OURS = 'DIFFUSION_TF_SET_LOG_LEVEL'  # marks TF_CPP_MIN_LOG_LEVEL as set by us, not the user
 _announced = set()
 
 
@@ -49,7 +50,11 @@ def filter_startup_log(text, *, has_gpu_driver):
 def _filtered_stderr():
   """Captures file descriptor 2 (C++ writes there directly) and replays it filtered."""
   sys.stderr.flush()
-  saved = os.dup(2)
+  try:
+    saved = os.dup(2)
+  except OSError:  # no file descriptor 2 (a closed stderr): nothing to filter
+    yield
+    return
   with tempfile.TemporaryFile() as capture:
     os.dup2(capture.fileno(), 2)
     try:
@@ -67,9 +72,11 @@ def _filtered_stderr():
 def import_tensorflow_quietly():
   """Imports TensorFlow and scans its devices, quietly (module docstring). A no-op when
   TensorFlow is already imported or the user chose ``TF_CPP_MIN_LOG_LEVEL``."""
-  if 'tensorflow' in sys.modules or 'TF_CPP_MIN_LOG_LEVEL' in os.environ:
+  # A child process (e.g. an evaluation worker) inherits the level we set: still ours.
+  ours = os.environ.get(_OURS) == os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '1'
+  if 'tensorflow' in sys.modules or ('TF_CPP_MIN_LOG_LEVEL' in os.environ and not ours):
     return
-  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '1'
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = os.environ[_OURS] = '1'
   if platform.machine() in ('x86_64', 'AMD64'):
     # Set to its x86 default, TF does not print that oneDNN is on (ARM's default differs).
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')

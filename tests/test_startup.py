@@ -36,7 +36,8 @@ def test_filter_drops_only_info_and_no_gpu_noise():
 
 
 def _run(args, env_update):
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'DIFFUSION_TF_SET_LOG_LEVEL')}
   env.update(env_update)
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
