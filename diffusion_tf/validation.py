@@ -219,6 +219,13 @@ def _resolution_fits_the_model(a):
 
 def _dataset_needs(a):
   dataset = a.get('dataset')
+  if dataset is not None:
+    from .tpu_utils.datasets import DATASETS
+    takes = inspect.signature(DATASETS[dataset]).parameters
+    for flag in ('resolution', 'folder'):
+      if a.get(flag) is not None and flag not in takes:
+        raise FlagError(f'--{flag} does not apply to --dataset {dataset} (its images have a '
+                        f'fixed source and size); leave it out')
   if dataset == 'digits':
     from .tpu_utils.datasets import DIGITS_CHANNELS, DIGITS_MIN_RESOLUTION
     if a.get('resolution') is not None and a['resolution'] < DIGITS_MIN_RESOLUTION:

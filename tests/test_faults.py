@@ -78,7 +78,7 @@ BAD_FLAGS = (
     [('run_digits', 'train', flag, value) for flag, value in _TRAIN_DIGITS]
     + [('run_cifar', 'train', flag, value) for flag, value in (
         ('--beta_schedule', 'cosine'), ('--total_bs', '0'), ('--resolution', '30'),
-        ('--mixed_precision', 'fp8'), ('--loss_type', 'noisepred'))]
+        ('--mixed_precision', 'fp8'), ('--loss_type', 'noisepred'), ('--resolution', '64'))]
     + [('run_cifar', 'train', '--folder', ('--dataset', 'folder'))]
     + [('run_celebahq', 'train', flag, value) for flag, value in (
         ('--loss_type', 'mse'), ('--lr', '0'), ('--randflip', '2'))]

@@ -455,9 +455,13 @@ def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch, log_fn=utils.log)
   if tf.io.gfile.exists(path):
     if not integrity.checkpoint_prefixes(model_dir):
       # A start that failed before its first checkpoint is not a run to protect.
-      log_fn(f'{path} records settings but {model_dir} holds no checkpoint: replacing it with '
-             f'these settings')
-      recorded = None
+      try:
+        recorded = load_train_kwargs(model_dir)
+      except DamagedFileError:
+        recorded = None
+      if recorded != kwargs:
+        log_fn(f'{path} records other settings but {model_dir} holds no checkpoint: replacing '
+               f'it with these settings')
     else:
       recorded = load_train_kwargs(model_dir)
       old = with_older_defaults(recorded, kwargs)
