@@ -18,7 +18,7 @@ FOLDERS = {'google': os.path.join(FIXTURES, 'google'), 'uncond': os.path.join(FI
 # Images in [0, 1] after 50-1000 float32 steps of a network whose outputs agree with
 # diffusers' to ~1e-5 of their scale: the deterministic samplers carry the per-step rounding
 # to the end (~2e-5 per evaluation), the stochastic one damps it.
-ATOL = {'ddpm': 1e-3, 'ddim': 2e-5 * 50, 'pndm': 2e-5 * 59}
+ATOL = {'ddpm': 2e-4, 'ddim': 2e-5 * 50, 'pndm': 2e-5 * 59}
 
 
 @pytest.fixture(scope='module')
@@ -52,6 +52,8 @@ def test_ddpm_pipeline_matches_diffusers_with_its_noise(ref, tag):
 @pytest.mark.parametrize('name', ['ddim', 'pndm'])
 def test_ddim_and_pndm_pipelines_match_diffusers(ref, tag, name):
   pipe = pipelines.PIPELINES[name].from_pretrained(FOLDERS[tag])  # from a DDPM scheduler config
+  if name == 'ddim':  # the fixture's DDIM runs unclipped (see make_diffusers_fixtures.py)
+    pipe = pipelines.DDIMPipeline(pipe.unet, dict(pipe._raw_scheduler_config, clip_sample=False))
   out = pipe(latents=ref[f'{tag}_{name}_xT'], output_type='np', progress=False).images
   np.testing.assert_allclose(out, ref[f'{tag}_{name}_images'], rtol=0, atol=ATOL[name])
 
