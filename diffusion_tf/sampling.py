@@ -205,6 +205,21 @@ def batch_seed(seed, index):
 DEFAULT_STEPS = {'pndm': 50, 'dpmsolver++': 20, 'unipc': 20}
 
 
+def check_spacing(sampler, spacing):
+  """The step placement ``sampler`` uses for ``--spacing spacing``; an error for one it cannot
+  take. The diffusers samplers read 'uniform' (the flag's default) as their scheduler's own
+  default placement."""
+  if sampler in DIFFUSERS_DEFAULT_SPACING:
+    if spacing == 'uniform':
+      return DIFFUSERS_DEFAULT_SPACING[sampler]
+    if spacing not in DIFFUSERS_SPACINGS:
+      raise ValueError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
+                       f'(or uniform: {DIFFUSERS_DEFAULT_SPACING[sampler]}), got {spacing!r}')
+  elif spacing not in SPACINGS:
+    raise ValueError(f'--spacing for --sampler {sampler} must be one of {SPACINGS}, got {spacing!r}')
+  return spacing
+
+
 def check_order(sampler, order):
   """The solver order of ``sampler`` (its default for None); an error for a bad one."""
   if sampler not in DEFAULT_ORDERS:
@@ -252,13 +267,9 @@ class Sampler:
     self.diffusion = model.diffusion
     T = self.diffusion.num_timesteps
     self.order, self.skip_prk_steps = check_order(sampler, order), bool(skip_prk_steps)
+    self.spacing = check_spacing(sampler, spacing)
     if sampler in DIFFUSERS_DEFAULT_SPACING:
       self.steps = DEFAULT_STEPS[sampler] if steps is None else _check_steps(steps, T)
-      if spacing == 'uniform':
-        self.spacing = DIFFUSERS_DEFAULT_SPACING[sampler]
-      elif spacing not in DIFFUSERS_SPACINGS:
-        raise ValueError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
-                         f'(or uniform: {DIFFUSERS_DEFAULT_SPACING[sampler]}), got {spacing!r}')
     else:
       self.steps = None if steps in (None, T) else _check_steps(steps, T)
     self.timesteps = self._evaluation_timesteps()  # validates before any work

@@ -137,13 +137,18 @@ def _samplers():
 
 
 def _spacings():
-  from .sampling import SPACINGS
-  return SPACINGS
+  from .sampling import DIFFUSERS_SPACINGS, SPACINGS
+  return SPACINGS + DIFFUSERS_SPACINGS
 
 
 def _features():
   from .runners import FEATURES
   return FEATURES
+
+
+def _pipelines():
+  from .pipelines import PIPELINES
+  return sorted(PIPELINES)
 
 
 def _simple_eval_modes():
@@ -169,6 +174,7 @@ RULES = {
     'warm_start_model_dir': path, 'model_dir': path, 'ckpt': path, 'out': path,
     'load_ckpt': path, 'samples_dir': path, 'inception_graph': path, 'stats_cache_dir': path,
     'pretrained': path, 'ref_stats': path, 'export_npz': path, 'export_png_dir': path,
+    'source': path, 'out_dir': path, 'pipeline': one_of(_pipelines),
     # the model and the diffusion
     'model_name': one_of(_model_names), 'dataset': one_of(_datasets),
     'resolution': integer(1, optional=True), 'channels': integer(1), 'block_size': integer(1),
@@ -192,7 +198,7 @@ RULES = {
     'ema': boolean, 'overwrite': boolean, 'once': boolean, 'dump_samples_only': boolean,
     'num_inception_samples': integer(2), 'mode': one_of(_simple_eval_modes),
     'max_batches': integer(1, optional=True), 'features': one_of(_features),
-    'order': integer(1, optional=True),  # which orders a sampler takes: _order_fits_the_sampler
+    'order': integer(1, optional=True),  # which orders a sampler takes: _order_and_spacing_fit_the_sampler
 }
 
 
@@ -252,13 +258,17 @@ def _one_source(a):
                       + (' or --pretrained (a Hub id or diffusers folder)' if 'pretrained' in a else ''))
 
 
-def _order_fits_the_sampler(a):
-  if 'order' in a and 'sampler' in a:
-    from .sampling import check_order
-    try:
+def _order_and_spacing_fit_the_sampler(a):
+  if 'sampler' not in a:
+    return
+  from .sampling import check_order, check_spacing
+  try:
+    if 'order' in a:
       check_order(a['sampler'], a['order'])
-    except ValueError as e:
-      raise FlagError(str(e)) from None
+    if 'spacing' in a:
+      check_spacing(a['sampler'], a['spacing'])
+  except ValueError as e:
+    raise FlagError(str(e)) from None
 
 
 def _linear_schedule_needs_max_steps(a):
@@ -268,7 +278,7 @@ def _linear_schedule_needs_max_steps(a):
 
 
 CROSS_RULES = (_beta_range, _resolution_fits_the_model, _dataset_needs, _one_source,
-               _order_fits_the_sampler,
+               _order_and_spacing_fit_the_sampler,
                _linear_schedule_needs_max_steps)
 
 

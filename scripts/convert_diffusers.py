@@ -14,17 +14,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fire  # noqa: E402
-
-from diffusion_tf import pipelines  # noqa: E402
+from diffusion_tf import cli, pipelines  # noqa: E402
 
 
 def to_diffusers(source, out, pipeline='ddpm', ema=True, resolution=None, overwrite=False):
   """Writes SOURCE in the diffusers layout to OUT. --pipeline ddpm|ddim|pndm names the
   pipeline and scheduler class written; --ema False takes the raw weights of a checkpoint;
   --resolution is needed only for a checkpoint whose U-Net is not an original configuration."""
-  if pipeline not in pipelines.PIPELINES:
-    raise ValueError(f'--pipeline must be one of {sorted(pipelines.PIPELINES)}, got {pipeline!r}')
   pipe = pipelines.PIPELINES[pipeline].from_pretrained(source, ema=ema, resolution=resolution)
   pipe.save_pretrained(out, overwrite=overwrite)
   print(f'Wrote {out} ({pipe.pipeline_class}, {pipe.unet.resolution}x{pipe.unet.resolution})')
@@ -40,4 +36,4 @@ def to_tf1(source, out_dir, ema=True, resolution=None):
 
 
 if __name__ == '__main__':
-  fire.Fire({'to_diffusers': to_diffusers, 'to_tf1': to_tf1})
+  cli.main({'to_diffusers': to_diffusers, 'to_tf1': to_tf1})

@@ -48,9 +48,26 @@ def _files(root):
 # ----------------------------------------------------------------------------- bad flags
 
 def test_every_flag_of_every_command_has_a_rule():
+  from scripts import convert_diffusers
   for script in SCRIPTS:
     for name, fn in _commands(script).items():
       assert validation.unchecked_flags(fn) == [], f'{script} {name}'
+  for fn in (convert_diffusers.to_diffusers, convert_diffusers.to_tf1):
+    assert validation.unchecked_flags(fn) == [], f'convert_diffusers {fn.__name__}'
+
+
+def test_sampler_options_checked_against_the_sampler(tmp_path):
+  """--order and --spacing are refused for a sampler that cannot take them, and a diffusers
+  placement is accepted for the diffusers samplers, before anything is read or written."""
+  from scripts import run_digits
+  for options, message in [(dict(sampler='ddim', order=2), '--order applies to'),
+                           (dict(sampler='unipc', spacing='quad'), '--spacing for --sampler unipc'),
+                           (dict(sampler='ddpm', spacing='trailing'), '--spacing for --sampler ddpm')]:
+    with pytest.raises(errors.FlagError, match=message):
+      validation.check_call(run_digits.sample, (), dict(model_dir=str(tmp_path), **options))
+  validation.check_call(run_digits.sample, (), dict(model_dir=str(tmp_path), sampler='unipc',
+                                                    spacing='trailing', order=3))
+  assert _files(tmp_path) == []
 
 
 _TRAIN_DIGITS = [
