@@ -17,6 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from . import utils
+from .errors import FlagError
 
 
 def load_reference_stats(path):
@@ -29,18 +30,18 @@ def load_reference_stats(path):
   try:
     z = np.load(io.BytesIO(data), allow_pickle=False)
   except (ValueError, OSError) as e:
-    raise ValueError(f'--ref_stats {path} is not an .npz file ({e})') from e
+    raise FlagError(f'--ref_stats {path} is not an .npz file ({e})') from e
   with z:
     if 'mu' not in z.files or 'sigma' not in z.files:
-      raise ValueError(f'--ref_stats {path} holds {sorted(z.files)}; expected the arrays mu '
+      raise FlagError(f'--ref_stats {path} holds {sorted(z.files)}; expected the arrays mu '
                        f'[D] and sigma [D, D] (TTUR / pytorch-fid statistics)')
     mu, sigma = z['mu'].astype(np.float64), z['sigma'].astype(np.float64)
     extractor = str(z['extractor']) if 'extractor' in z.files else None
   if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-    raise ValueError(f'--ref_stats {path}: mu has shape {mu.shape} and sigma {sigma.shape}; '
+    raise FlagError(f'--ref_stats {path}: mu has shape {mu.shape} and sigma {sigma.shape}; '
                      f'expected [D] and [D, D]')
   if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
-    raise ValueError(f'--ref_stats {path} holds non-finite values')
+    raise FlagError(f'--ref_stats {path} holds non-finite values')
   return {'mu': mu, 'sigma': sigma, 'extractor': extractor, 'source': path}
 
 
@@ -79,7 +80,7 @@ def check_export_targets(npz=None, png_dir=None):
   if npz and tf.io.gfile.exists(npz):
     raise FileExistsError(f'--export_npz {npz} exists; pass another path')
   if npz and not npz.endswith('.npz'):
-    raise ValueError(f'--export_npz {npz} must end in .npz')
+    raise FlagError(f'--export_npz {npz} must end in .npz')
   if png_dir and tf.io.gfile.isdir(png_dir) and tf.io.gfile.glob(os.path.join(png_dir, '*.png')):
     raise FileExistsError(f'--export_png_dir {png_dir} already holds PNG files; pass an empty '
                           f'or new folder')

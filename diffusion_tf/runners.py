@@ -16,6 +16,7 @@ from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
 from .models.unet import MODEL_CONFIGS, UNet
 from .tpu_utils import tpu_utils
+from .errors import FlagError
 
 
 MIXED_PRECISION = (None, 'none', 'float32', 'bfloat16', 'float16')
@@ -23,7 +24,7 @@ MIXED_PRECISION = (None, 'none', 'float32', 'bfloat16', 'float16')
 
 def _build_unet(model_name, *, out_ch, dropout, image_shape, compute_dtype=None):
   if compute_dtype not in MIXED_PRECISION:
-    raise ValueError(f'--mixed_precision must be one of none, bfloat16, float16; got {compute_dtype!r}')
+    raise FlagError(f'--mixed_precision must be one of none, bfloat16, float16; got {compute_dtype!r}')
   if model_name not in MODEL_CONFIGS:
     raise NotImplementedError(f'model_name={model_name!r}; expected one of {sorted(MODEL_CONFIGS)}')
   kwargs = dict(MODEL_CONFIGS[model_name], out_ch=out_ch, dropout=dropout, name='model',
@@ -290,7 +291,7 @@ def load_model_for_sampling(train_fn, *, model_dir=None, ckpt=None, ema=True, mi
   if pretrained:
     from . import pipelines
     if mixed_precision not in (None, 'none', 'float32'):
-      raise ValueError('--mixed_precision applies to --model_dir / --ckpt models only')
+      raise FlagError('--mixed_precision applies to --model_dir / --ckpt models only')
     return pipelines.pretrained_model(pretrained, ema=ema), {}, pretrained, None
   prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
   kw = read_run_kwargs(model_dir or os.path.dirname(prefix), script_defaults(train_fn))
@@ -399,11 +400,11 @@ def make_eval_extractor(inception_graph=None, *, features='inception'):
   """
   from .tpu_utils import digits_features, inception
   if features not in FEATURES:
-    raise ValueError(f'--features must be one of {FEATURES}, got {features!r}')
+    raise FlagError(f'--features must be one of {FEATURES}, got {features!r}')
   if features == 'inception':
     return inception.make_inception_extractor(inception_graph)
   if inception_graph:
-    raise ValueError('--inception_graph is only used with --features inception')
+    raise FlagError('--inception_graph is only used with --features inception')
   extractor = digits_features.load_extractor()
   print(f'Features: the digits classifier {extractor.name} ({digits_features.WEIGHTS}): FID '
         f'measures how digit-like the samples are, IS (at most 10) how many digits they '
@@ -432,10 +433,10 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
   """
   from .tpu_utils import eval_worker
   if (export_npz or export_png_dir) and not (dump_samples_only and (once or load_ckpt or pretrained)):
-    raise ValueError('--export_npz / --export_png_dir need --dump_samples_only and one checkpoint '
+    raise FlagError('--export_npz / --export_png_dir need --dump_samples_only and one checkpoint '
                      '(--once or --load_ckpt)')
   if ref_stats and dump_samples_only:
-    raise ValueError('--ref_stats is for FID; --dump_samples_only computes none')
+    raise FlagError('--ref_stats is for FID; --dump_samples_only computes none')
   interop.check_export_targets(npz=export_npz, png_dir=export_png_dir)
   if pretrained:
     model_dir, load_ckpt, once = _pretrained_run_dir(pretrained, model_dir), 'model.ckpt-0', True
@@ -473,7 +474,7 @@ def _pretrained_run_dir(pretrained, model_dir):
   so that the evaluation reads it like a run; reuses one written for the same model."""
   from . import pipelines
   if not model_dir:
-    raise ValueError('--pretrained evaluation needs --model_dir: the folder for the results')
+    raise FlagError('--pretrained evaluation needs --model_dir: the folder for the results')
   marker = os.path.join(model_dir, 'pretrained.json')
   if tf.io.gfile.exists(marker):
     if utils.read_json(marker).get('pretrained') != pretrained:
@@ -492,7 +493,7 @@ def _pretrained_for(pretrained, image_shape):
   from . import pipelines
   model = pipelines.pretrained_model(pretrained)
   if tuple(model.image_shape) != tuple(image_shape):
-    raise ValueError(f'--pretrained {pretrained} makes {model.image_shape} images, the data set '
+    raise FlagError(f'--pretrained {pretrained} makes {model.image_shape} images, the data set '
                      f'{image_shape}: evaluate it with the script of its data set')
   return model
 

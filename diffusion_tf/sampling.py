@@ -23,6 +23,7 @@ from . import nn, utils
 from .diffusion_base import timestep_loop
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
+from .errors import FlagError
 from .solvers import (DIFFUSERS_SPACINGS, SOLVER_ORDERS, diffusers_timesteps,  # noqa: F401
                       dpm_solver_sample_loop, dynamic_threshold, model_eps_and_x0,
                       pndm_sample_loop, unipc_sample_loop)
@@ -47,7 +48,7 @@ def timestep_sequence(num_timesteps, steps, spacing='uniform'):
   if steps is None or steps == T:
     return np.arange(T)
   if not 1 <= steps <= T:
-    raise ValueError(f'--steps must be between 1 and the {T} diffusion steps, got {steps}')
+    raise FlagError(f'--steps must be between 1 and the {T} diffusion steps, got {steps}')
   if spacing == 'uniform':
     seq = np.arange(0, T, T // steps)[:steps]
   elif spacing == 'quad':
@@ -213,10 +214,10 @@ def check_spacing(sampler, spacing):
     if spacing == 'uniform':
       return DIFFUSERS_DEFAULT_SPACING[sampler]
     if spacing not in DIFFUSERS_SPACINGS:
-      raise ValueError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
+      raise FlagError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
                        f'(or uniform: {DIFFUSERS_DEFAULT_SPACING[sampler]}), got {spacing!r}')
   elif spacing not in SPACINGS:
-    raise ValueError(f'--spacing for --sampler {sampler} must be one of {SPACINGS}, got {spacing!r}')
+    raise FlagError(f'--spacing for --sampler {sampler} must be one of {SPACINGS}, got {spacing!r}')
   return spacing
 
 
@@ -224,18 +225,18 @@ def check_order(sampler, order):
   """The solver order of ``sampler`` (its default for None); an error for a bad one."""
   if sampler not in DEFAULT_ORDERS:
     if order is not None:
-      raise ValueError(f'--order applies to --sampler {" or ".join(DEFAULT_ORDERS)}, not {sampler}')
+      raise FlagError(f'--order applies to --sampler {" or ".join(DEFAULT_ORDERS)}, not {sampler}')
     return None
   if order is None:
     return DEFAULT_ORDERS[sampler]
   if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in SOLVER_ORDERS:
-    raise ValueError(f'--order for --sampler {sampler} must be one of {SOLVER_ORDERS}, got {order!r}')
+    raise FlagError(f'--order for --sampler {sampler} must be one of {SOLVER_ORDERS}, got {order!r}')
   return int(order)
 
 
 def _check_steps(steps, T):
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
-    raise ValueError(f'--steps must be an integer between 1 and the {T} diffusion steps, got {steps!r}')
+    raise FlagError(f'--steps must be an integer between 1 and the {T} diffusion steps, got {steps!r}')
   return int(steps)
 
 
@@ -262,7 +263,7 @@ class Sampler:
   def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None,
                skip_prk_steps=False, strategy=None, constant_weights=False):
     if sampler not in SAMPLERS:
-      raise ValueError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
+      raise FlagError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
     self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
     self.diffusion = model.diffusion
     T = self.diffusion.num_timesteps

@@ -23,6 +23,7 @@ import tensorflow as tf
 from .diffusion_base import timestep_loop
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
+from .errors import FlagError
 
 DIFFUSERS_SPACINGS = ('leading', 'linspace', 'trailing')
 DIFFUSERS_SCHEDULERS = ('ddim', 'ddpm', 'pndm', 'dpmsolver++', 'unipc')
@@ -52,7 +53,7 @@ def diffusers_timesteps(num_train_timesteps, num_inference_steps, spacing='leadi
   if spacing not in DIFFUSERS_SPACINGS:
     raise ValueError(f'spacing={spacing!r}; expected one of {DIFFUSERS_SPACINGS}')
   if not 1 <= N <= T:
-    raise ValueError(f'--steps must be between 1 and the {T} diffusion steps, got {N}')
+    raise FlagError(f'--steps must be between 1 and the {T} diffusion steps, got {N}')
   if scheduler in ('dpmsolver++', 'unipc'):
     if spacing == 'linspace':
       ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
@@ -276,7 +277,7 @@ def _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, scheduler, use_
   if use_lu_lambdas:  # uniform steps in log-SNR between the table's ends
     N = int(steps)
     if not 1 <= N < T:
-      raise ValueError(f'--steps must be between 1 and {T - 1}, got {N}')
+      raise FlagError(f'--steps must be between 1 and {T - 1}, got {N}')
     log_sigmas = np.log(sigmas)
     lambdas = np.linspace(log_sigmas[-1], log_sigmas[0], N)
     s = np.exp(lambdas)
@@ -300,7 +301,7 @@ def dpm_solver_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps
   final_sigmas_type='zero'): row k maps (x, x0 history h1 (newest, this step's), h2, h3) to
   the next sample: ``x <- px[k] * x + ph[k] . (h1, h2, h3)``."""
   if order not in SOLVER_ORDERS:
-    raise ValueError(f'--order must be one of {SOLVER_ORDERS} for dpmsolver++, got {order!r}')
+    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for dpmsolver++, got {order!r}')
   if solver_type not in ('midpoint', 'heun'):
     raise ValueError(f"solver_type={solver_type!r}; expected 'midpoint' or 'heun'")
   ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'dpmsolver++', use_lu_lambdas)
@@ -376,7 +377,7 @@ def unipc_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offs
   is pushed), then m is pushed, ``x_last <- x`` and the predictor
   ``x <- px[k] * x + ph[k] . (h1, h2, h3)``."""
   if order not in SOLVER_ORDERS:
-    raise ValueError(f'--order must be one of {SOLVER_ORDERS} for unipc, got {order!r}')
+    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for unipc, got {order!r}')
   ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'unipc')
   alpha, sigma, lam = _alpha_sigma_lambda(sig)
   N = len(ts)

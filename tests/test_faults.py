@@ -241,6 +241,19 @@ def _snapshot(model_dir):
   return out
 
 
+def test_steps_the_model_cannot_take_are_one_line_errors(run, capsys):
+  """--steps beyond the run's diffusion steps is known only once kwargs.json is read: still a
+  one-line error, exit 2, nothing written."""
+  _, model_dir = run
+  before = sorted(os.listdir(model_dir))
+  for sampler in ('ddim', 'dpmsolver++'):
+    assert _run('run_digits', ['sample', '--model_dir', model_dir, '--sampler', sampler,
+                               '--steps', 51, '--num_samples', 2]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --steps must be') and '50' in err and 'Traceback' not in err, err
+  assert sorted(os.listdir(model_dir)) == before
+
+
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 def test_truncated_latest_checkpoint_is_set_aside_and_sample_uses_the_previous(run, capsys):
