@@ -201,6 +201,19 @@ def _attention(entries, block, key):
     _layer(entries, getattr(block, ours), f'{key}.{theirs}', 'linear')
 
 
+def _level(entries, level, key, resample):
+  """One resolution level of the U-Net: its resnets, attentions and 'downsample' or 'upsample'
+  convolution (diffusers' ``downsamplers.0`` / ``upsamplers.0``)."""
+  for j, block in enumerate(level['blocks']):
+    _resnet(entries, block, f'{key}.resnets.{j}')
+  for j, block in enumerate(level['attns']):
+    _attention(entries, block, f'{key}.attentions.{j}')
+  if level[resample] is not None:
+    if level[resample].conv is None:
+      raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
+    _layer(entries, level[resample].conv, f'{key}.{resample}rs.0.conv', 'conv')
+
+
 def tensor_map(net):
   """[(diffusers key, our variable, kind)] for every variable of a built `UNet`, in
   the order diffusers lists its state dict."""
@@ -211,25 +224,9 @@ def tensor_map(net):
   _layer(e, net.temb_dense0, 'time_embedding.linear_1', 'linear')
   _layer(e, net.temb_dense1, 'time_embedding.linear_2', 'linear')
   for i, level in enumerate(net.down):
-    for j, block in enumerate(level['blocks']):
-      _resnet(e, block, f'down_blocks.{i}.resnets.{j}')
-    for j, block in enumerate(level['attns']):
-      _attention(e, block, f'down_blocks.{i}.attentions.{j}')
-    if level['downsample'] is not None:
-      if level['downsample'].conv is None:
-        raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
-      _layer(e, level['downsample'].conv, f'down_blocks.{i}.downsamplers.0.conv', 'conv')
-  L = len(net.up)
-  for i in range(L):
-    level = net.up[L - 1 - i]
-    for j, block in enumerate(level['blocks']):
-      _resnet(e, block, f'up_blocks.{i}.resnets.{j}')
-    for j, block in enumerate(level['attns']):
-      _attention(e, block, f'up_blocks.{i}.attentions.{j}')
-    if level['upsample'] is not None:
-      if level['upsample'].conv is None:
-        raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
-      _layer(e, level['upsample'].conv, f'up_blocks.{i}.upsamplers.0.conv', 'conv')
+    _level(e, level, f'down_blocks.{i}', 'downsample')
+  for i, level in enumerate(reversed(net.up)):  # diffusers lists the up blocks from the bottom
+    _level(e, level, f'up_blocks.{i}', 'upsample')
   _attention(e, net.mid_attn_1, 'mid_block.attentions.0')
   _resnet(e, net.mid_block_1, 'mid_block.resnets.0')
   _resnet(e, net.mid_block_2, 'mid_block.resnets.1')
