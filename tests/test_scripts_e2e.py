@@ -160,7 +160,7 @@ def test_cifar_commands(cifar_run, work):
              '--total_bs', 4, '--max_batches', 1, cwd=work, summary='simple_eval')
   proc = run_script('run_cifar.py', 'evaluation', '--model_dir', cifar_run, '--once',
                     '--num_inception_samples', NUM, cwd=work, ok=False)
-  assert 'InceptionGraphNotFound' in proc.stderr and 'does not exist' in proc.stderr
+  _assert_missing_inception(proc)
   assert not glob.glob(os.path.join(cifar_run, 'eval*'))  # failed before any work
   # Resuming (issue 18: TF's deprecated checkpoint-mtime API printed a notice here).
   kw = _load(os.path.join(cifar_run, 'kwargs.json'))
@@ -180,7 +180,14 @@ def test_celebahq_and_lsun_commands(celebahq_run, work):
     assert os.path.exists(f'{out}.png')
   proc = run_script('run_celebahq.py', 'evaluation', '--model_dir', celebahq_run, '--once',
                     cwd=work, ok=False)
-  assert 'InceptionGraphNotFound' in proc.stderr
+  _assert_missing_inception(proc)
+
+
+def _assert_missing_inception(proc):
+  # A user error: one line naming the graph file and where it was looked for, exit 2.
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+  message = proc.stderr.strip().splitlines()[-1]
+  assert message.startswith('error: Inception graph') and 'does not exist' in message, message
 
 
 # -------------------------------------------------- the scripts' defaults without their data
