@@ -7,7 +7,8 @@ setup(
     description='Denoising Diffusion Probabilistic Models, a faithful TensorFlow 2 port',
     url='https://arxiv.org/abs/2006.11239',
     packages=find_packages(include=['diffusion_tf', 'diffusion_tf.*']),
-    package_data={'diffusion_tf.ops': ['*.cc', '*.h']},  # compiled on first use
+    package_data={'diffusion_tf.ops': ['*.cc', '*.h'],  # compiled on first use
+                  'diffusion_tf.tpu_utils': ['*.npz']},  # the digits feature network's weights
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
