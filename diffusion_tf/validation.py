@@ -7,6 +7,7 @@ names come from the code that implements them (`BETA_SCHEDULES`, `MODEL_CONFIGS`
 resolution the model can take, the flags a data set needs) are in `CROSS_RULES`.
 """
 
+import importlib
 import inspect
 import numbers
 
@@ -86,74 +87,17 @@ def text(name, value, arguments):
 
 # ----------------------------------------------------------------------------- allowed sets
 
-def _beta_schedules():
-  from .diffusion_base import BETA_SCHEDULES
-  return BETA_SCHEDULES
-
-
-def _model_mean_types():
-  from .diffusion_utils_2 import MODEL_MEAN_TYPES
-  return MODEL_MEAN_TYPES
-
-
-def _model_var_types():
-  from .diffusion_utils_2 import MODEL_VAR_TYPES
-  return MODEL_VAR_TYPES
-
-
-def _model_names():
-  from .models.unet import MODEL_CONFIGS
-  return sorted(MODEL_CONFIGS)
-
-
-def _optimizers():
-  from .tpu_utils.tpu_utils import OPTIMIZERS
-  return sorted(OPTIMIZERS)
-
-
-def _clip_modes():
-  from .tpu_utils.tpu_utils import CLIP_MODES
-  return CLIP_MODES
-
-
-def _lr_schedules():
-  from .utils import LR_SCHEDULES
-  return LR_SCHEDULES
-
-
-def _precisions():
-  from .runners import MIXED_PRECISION
-  return MIXED_PRECISION
-
-
-def _datasets():
-  from .tpu_utils.datasets import DATASETS
-  return sorted(DATASETS)
-
-
-def _samplers():
-  from .sampling import SAMPLERS
-  return SAMPLERS
-
-
-def _spacings():
-  from .sampling import DIFFUSERS_SPACINGS, SPACINGS
-  return SPACINGS + DIFFUSERS_SPACINGS
-
-
-def _features():
-  from .runners import FEATURES
-  return FEATURES
-
-
-def _pipelines():
-  from .pipelines import PIPELINES
-  return sorted(PIPELINES)
-
-
-def _simple_eval_modes():
-  from .tpu_utils.simple_eval_worker import MODES
-  return MODES
+def defined_in(module, *names):
+  """The allowed values: the collections ``names`` of ``diffusion_tf.<module>`` joined (sorted
+  when a name is a dict). Read late, so that checking a flag imports only what it needs."""
+  def allowed():
+    found = importlib.import_module(f'.{module}', __package__)
+    values = ()
+    for name in names:
+      value = getattr(found, name)
+      values += tuple(sorted(value) if isinstance(value, dict) else value)
+    return values
+  return allowed
 
 
 def _loss_type(name, value, arguments):
@@ -174,30 +118,30 @@ RULES = {
     'warm_start_model_dir': path, 'model_dir': path, 'ckpt': path, 'out': path,
     'load_ckpt': path, 'samples_dir': path, 'inception_graph': path, 'stats_cache_dir': path,
     'pretrained': path, 'ref_stats': path, 'export_npz': path, 'export_png_dir': path,
-    'source': path, 'out_dir': path, 'pipeline': one_of(_pipelines),
+    'source': path, 'out_dir': path, 'pipeline': one_of(defined_in('pipelines', 'PIPELINES')),
     # the model and the diffusion
-    'model_name': one_of(_model_names), 'dataset': one_of(_datasets),
+    'model_name': one_of(defined_in('models.unet', 'MODEL_CONFIGS')), 'dataset': one_of(defined_in('tpu_utils.datasets', 'DATASETS')),
     'resolution': integer(1, optional=True), 'channels': integer(1), 'block_size': integer(1),
     'num_diffusion_timesteps': integer(1),
     'beta_start': number(above=0, at_most=1), 'beta_end': number(above=0, at_most=1),
-    'beta_schedule': one_of(_beta_schedules), 'model_mean_type': one_of(_model_mean_types),
-    'model_var_type': one_of(_model_var_types), 'loss_type': _loss_type,
+    'beta_schedule': one_of(defined_in('diffusion_base', 'BETA_SCHEDULES')), 'model_mean_type': one_of(defined_in('diffusion_utils_2', 'MODEL_MEAN_TYPES')),
+    'model_var_type': one_of(defined_in('diffusion_utils_2', 'MODEL_VAR_TYPES')), 'loss_type': _loss_type,
     'dropout': number(at_least=0, below=1), 'randflip': boolean,
-    'mixed_precision': one_of(_precisions),
+    'mixed_precision': one_of(defined_in('runners', 'MIXED_PRECISION')),
     # training
-    'optimizer': one_of(_optimizers), 'total_bs': integer(1), 'grad_clip': number(above=0),
-    'lr': number(above=0), 'warmup': integer(0), 'lr_schedule': one_of(_lr_schedules),
+    'optimizer': one_of(defined_in('tpu_utils.tpu_utils', 'OPTIMIZERS')), 'total_bs': integer(1), 'grad_clip': number(above=0),
+    'lr': number(above=0), 'warmup': integer(0), 'lr_schedule': one_of(defined_in('utils', 'LR_SCHEDULES')),
     'ema_decay': number(at_least=0, below=1), 'max_steps': integer(1, optional=True),
     'keep_checkpoint_max': integer(1), 'save_every_steps': integer(1, optional=True),
-    'save_checkpoints_secs': number(at_least=0), 'clip_mode': one_of(_clip_modes),
+    'save_checkpoints_secs': number(at_least=0), 'clip_mode': one_of(defined_in('tpu_utils.tpu_utils', 'CLIP_MODES')),
     'allow_kwargs_mismatch': boolean, 'seed': integer(0, optional=True),
     'num_sample_images': integer(0), 'shuffle_buffer': integer(1, optional=True),
     # sampling and evaluation
-    'num_samples': integer(1), 'batch_size': integer(1), 'sampler': one_of(_samplers),
-    'steps': integer(1, optional=True), 'eta': number(at_least=0), 'spacing': one_of(_spacings),
+    'num_samples': integer(1), 'batch_size': integer(1), 'sampler': one_of(defined_in('sampling', 'SAMPLERS')),
+    'steps': integer(1, optional=True), 'eta': number(at_least=0), 'spacing': one_of(defined_in('sampling', 'SPACINGS', 'DIFFUSERS_SPACINGS')),
     'ema': boolean, 'overwrite': boolean, 'once': boolean, 'dump_samples_only': boolean,
-    'num_inception_samples': integer(2), 'mode': one_of(_simple_eval_modes),
-    'max_batches': integer(1, optional=True), 'features': one_of(_features),
+    'num_inception_samples': integer(2), 'mode': one_of(defined_in('tpu_utils.simple_eval_worker', 'MODES')),
+    'max_batches': integer(1, optional=True), 'features': one_of(defined_in('runners', 'FEATURES')),
     'order': integer(1, optional=True),  # which orders a sampler takes: _order_and_spacing_fit_the_sampler
 }
 
