@@ -159,25 +159,43 @@ def stats(ts):
           'n': int(ts.size), 'samples': ts.tolist()}
 
 
-def run_case(workers, case, log):
+def run_case(workers, case, log, restart=None):
+  """Times a case's variants alternately. A variant whose setup kills its worker (inductor's
+  generated code has segfaulted under ATEN_CPU_CAPABILITY=avx2) is left out of the case and
+  listed under 'failed'; ``restart(fw)`` brings up a fresh worker for the remaining cases."""
   name, kind, model, batch, variants, repeats, calls = case
   key = f'{kind}|{model}|{batch}'
   label = f'{name} {model} b{batch}'
-  setup = {}
+  setup, failed = {}, {}
   # Constant-weight variants first: TF shares oneDNN primitives between convolutions of the
   # same shapes, and a constant-weight graph created after a variable-weight one has run
   # reuses its primitives and loses the cached filter reorders (batch-1 forward 54 -> 68 ms).
   # A sampling process has only the constant-weight graph; the other order costs the
   # variable-weight variant nothing.
-  for v in sorted(variants, key=lambda v: vmode(v) != 'const'):
-    fw, dtype = v[0], v[1]
-    mode = vmode(v)
+  def set_up(v):
+    fw, dtype, mode = v[0], v[1], vmode(v)
     extra = {mode: True} if mode in ('const', 'direct', 'channels_last', 'compile') else {}
     res = workers[fw].call(cmd='setup', key=f'{key}|{dtype}|{mode}', kind=kind, model=model,
                            batch=batch, dtype=dtype, xla=mode == 'xla', warmup=2, **extra)
     setup[vname(v)] = res
     log(f'  setup {label} {vname(v)}: {res["setup_s"]:.1f}s '
         f'(warm-up calls {", ".join(f"{t:.2f}" for t in res["warmup_times"])} s)')
+
+  done = []
+  for v in sorted(variants, key=lambda v: vmode(v) != 'const'):
+    try:
+      set_up(v)
+      done.append(v)
+    except RuntimeError as e:
+      if restart is None or 'worker died' not in str(e):
+        raise
+      log(f'  setup {label} {vname(v)}: {e}; left out, worker restarted')
+      failed[vname(v)] = str(e)
+      restart(v[0])
+      for u in done:  # the fresh worker has none of this case's earlier set-ups
+        if u[0] == v[0]:
+          set_up(u)
+  variants = [v for v in variants if vname(v) not in failed]
   samples = {vname(v): [] for v in variants}
   for r in range(repeats):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
@@ -194,7 +212,7 @@ def run_case(workers, case, log):
       tracing[vname(v)] = {'after_warmup': setup[vname(v)]['tracing_after_warmup'], 'end': tr}
     workers[fw].call(cmd='drop', key=k)
   out = {'name': name, 'kind': kind, 'model': model, 'batch': batch, 'label': label,
-         'results': {k: stats(s) for k, s in samples.items()}, 'tracing': tracing,
+         'results': {k: stats(s) for k, s in samples.items()}, 'tracing': tracing, 'failed': failed,
          'load': os.getloadavg()}
   line = ', '.join(f'{k} {v["median"]:.3f}s' for k, v in out['results'].items())
   log(f'  {label}: {line}  (load {out["load"][0]:.2f})')
@@ -288,8 +306,8 @@ def fastest_torch(c):
 
 
 def add_torch_best(add, cases, data):
-  rows = [c for c in cases if c['results'].get('diffusers/float32/compile')
-          or c['results'].get('diffusers/float32/channels_last')]
+  variants = ('diffusers/float32/compile', 'diffusers/float32/channels_last')
+  rows = [c for c in cases if any(c['results'].get(k) or k in c.get('failed', {}) for k in variants)]
   if not rows:
     return
   m = data['machine']
@@ -307,9 +325,10 @@ def add_torch_best(add, cases, data):
     o32 = c['results'].get('ours/float32')
     best_k, best = fastest_torch(c)
     r = c['results']
-    add(f'| {c["label"]} | {fmt_t(o32)} | {fmt_t(r.get("diffusers/float32"))} | '
-        f'{fmt_t(r.get("diffusers/float32/channels_last"))} | '
-        f'{fmt_t(r.get("diffusers/float32/compile"))} | **{speedup(best, o32)}** '
+    cell = lambda k: 'worker crashed' if k in c.get('failed', {}) else fmt_t(r.get(k))
+    add(f'| {c["label"]} | {fmt_t(o32)} | {cell("diffusers/float32")} | '
+        f'{cell("diffusers/float32/channels_last")} | '
+        f'{cell("diffusers/float32/compile")} | **{speedup(best, o32)}** '
         f'({best_k.split("/")[-1] if best_k.count("/") > 1 else "eager"}) |')
   add('')
 
@@ -689,9 +708,14 @@ def main():
         cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
       if a.repeats:
         cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
+      def restart(fw):
+        workers.pop(fw).p.kill()
+        workers[fw] = Worker(fw, sys.executable if fw == 'ours' else a.torch_python, a.threads,
+                             lo if fw == 'ours' else ld, a.isa)
+
       for case in cases:
         log(f'case {case[0]} {case[2]} batch {case[3]}: {[vname(v) for v in case[4]]} x{case[5]}')
-        res = run_case(workers, case, log)
+        res = run_case(workers, case, log, restart=restart)
         res['xla_case'] = any(vmode(v) == 'xla' for v in case[4])
         data['cases'].append(res)
         loads.append(res['load'][0])

@@ -45,3 +45,50 @@ def test_vs_torch_best_plan_and_fastest_variant():
                       'diffusers/float32/channels_last': {'median': 1.5},
                       'diffusers/float32/compile': {'median': 1.7}}}
   assert run.fastest_torch(case) == ('diffusers/float32/channels_last', {'median': 1.5})
+
+
+class _FakeWorker:
+  """Answers setup/time/tracing/drop like benchmarks/worker.py; dies on setup of `dies_on`."""
+
+  def __init__(self, dies_on=(), seconds=0.5):
+    self.dies_on, self.calls, self.ready, self.seconds = set(dies_on), [], set(), seconds
+
+  def call(self, cmd, **msg):
+    self.calls.append((cmd, msg.get('key')))
+    if cmd == 'setup' and msg['key'].split('|')[-1] in self.dies_on:
+      raise RuntimeError('diffusers worker died (see benchmarks/.worker_logs)')
+    if cmd == 'setup':
+      self.ready.add(msg['key'])
+      return {'setup_s': 0.1, 'warmup_times': [0.1], 'tracing_after_warmup': 1}
+    if cmd == 'time':
+      assert msg['key'] in self.ready, f'{msg["key"]} timed before its setup in this worker'
+      return {'times': [self.seconds]}
+    if cmd == 'tracing':
+      return {'tracing': {k: 1 for _, k in self.calls if k}}
+    return {}
+
+
+def test_a_variant_that_kills_its_worker_is_left_out_and_the_worker_restarted():
+  # diffusers' torch.compile training step segfaulted under ATEN_CPU_CAPABILITY=avx2: the
+  # run must keep the case's other variants and go on with a fresh worker.
+  case = next(c for c in run.plan(quick=False, xla=False, with_diffusers_bf16=True, vs_torch_best=True)
+              if c[1] == 'train' and c[3] == 64)
+  case = case[:5] + (2, 1)
+  workers = {'ours': _FakeWorker(), 'diffusers': _FakeWorker(dies_on={'compile'}, seconds=1.0)}
+  restarted = []
+
+  def restart(fw):
+    restarted.append(fw)
+    workers[fw] = _FakeWorker(seconds=1.0)
+
+  res = run.run_case(workers, case, lambda *_: None, restart=restart)
+  assert restarted == ['diffusers']
+  assert set(res['failed']) == {'diffusers/float32/compile'}
+  assert set(res['results']) == {'ours/float32', 'diffusers/float32', 'diffusers/float32/channels_last'}
+  lines = []
+  run.add_torch_best(lines.append, [res], {'machine': {'isa': 'AVX2'}, 'isa': 'native'})
+  row = next(l for l in lines if l.startswith('| train'))
+  assert row.split(' | ')[4] == 'worker crashed' and row.endswith('**2.00×** (eager) |')
+  with pytest.raises(RuntimeError, match='worker died'):  # without a restart hook: loud
+    run.run_case({'ours': _FakeWorker(), 'diffusers': _FakeWorker(dies_on={'compile'})}, case,
+                 lambda *_: None)
