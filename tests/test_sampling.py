@@ -231,6 +231,7 @@ def _randomized_digits_model(T=20):
   return model
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('sampler', sampling.SAMPLERS)
 def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weights(sampler):
   model = _randomized_digits_model()
@@ -238,7 +239,10 @@ def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weight
   frozen = sampling.Sampler(model, sampler=sampler, steps=10, constant_weights=True)
   a, b = plain(3, 7), frozen(3, 7)
   assert np.abs(a).max() > 0
-  np.testing.assert_array_equal(a, b)
+  # Same samples up to float32 rounding: with constant weights TF may fold the filter
+  # transforms and oneDNN may pick another kernel, which on some CPUs (AVX2) reorders sums
+  # (1-2 ulp per step); stale or wrong weights differ by > 1e-4 (asserted below).
+  np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
   # The compiled loop holds no variable reads of the network, only of the noise generator.
   graph = frozen._frozen[3].graph.as_graph_def()
   nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
@@ -250,7 +254,7 @@ def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weight
   v.assign(v + 0.5)
   np.testing.assert_array_equal(frozen(3, 7), b)
   fresh = sampling.Sampler(model, sampler=sampler, steps=10, constant_weights=True)
-  np.testing.assert_array_equal(fresh(3, 7), plain(3, 7))
+  np.testing.assert_allclose(fresh(3, 7), plain(3, 7), rtol=0, atol=1e-5)
   assert np.abs(fresh(3, 7) - b).max() > 1e-4
 
 
