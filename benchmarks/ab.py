@@ -2,7 +2,7 @@
 
     python benchmarks/ab.py --a /path/to/old/checkout --b /path/to/new/checkout \
         --cases forward:cifar32:16,train:cifar32:16 [--dtype float32] [--repeats 7]
-    python benchmarks/ab.py --a . --b . --b_direct --cases train:digits16:32   # Winograd vs direct
+    python benchmarks/ab.py --a . --b . --b_direct --cases train:digits16:64   # Winograd vs direct
 
 Each side runs in its own worker process (benchmarks/worker.py with DIFFUSION_TF_ROOT set);
 calls alternate A, B, A, B ... so background load hits both alike. Prints medians and B/A of

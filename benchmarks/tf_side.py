@@ -30,7 +30,8 @@ CONFIGS = {
     'cifar32': dict(config='unet2d16b2', resolution=32, attn_resolutions=(16,)),
     'cifar64': dict(config='unet2d16b2', resolution=64, attn_resolutions=(32,)),
     'big256': dict(config='unet2d16b2c112244', resolution=256, attn_resolutions=(16,)),
-    'digits16': dict(config='unet_digits', resolution=16, attn_resolutions=(8,)),  # quick start
+    'digits16': dict(config='unet_digits_lite', resolution=16, attn_resolutions=(8,)),  # quick start
+    'digits16wide': dict(config='unet_digits', resolution=16, attn_resolutions=(8,)),  # before issue 13
 }
 
 LR, CLIP, EMA_DECAY, BETA1, BETA2, ADAM_EPS = 2e-4, 1.0, 0.9999, 0.9, 0.999, 1e-8

@@ -328,6 +328,19 @@ def test_big_model_counts_names_and_shortcuts():
     del net
 
 
+@pytest.mark.parametrize('name', ['unet_digits', 'unet_digits_lite'])
+def test_digits_configs_keep_their_variables_so_earlier_quick_start_runs_still_load(name):
+  # unet_digits was the quick start's model before unet_digits_lite: both stay, with the
+  # spec's names and shapes, so a run dir's kwargs.json (model_name) rebuilds its network.
+  cfg = dict(unet.MODEL_CONFIGS[name])
+  groups = cfg.pop('norm_num_groups', 32)
+  net = unet.UNet(**cfg, norm_num_groups=groups, in_ch=1, out_ch=1, resolution=16)
+  assert var_shapes(net) == expected_variables(**cfg, in_ch=1, out_ch=1, resolution=16)
+  assert net.block_out_channels == {'unet_digits': (32, 64, 64), 'unet_digits_lite': (16, 64, 64)}[name]
+  out = net(*_inputs(2, 16, C=1))
+  assert out.shape == (2, 16, 16, 1) and np.isfinite(out.numpy()).all()
+
+
 def test_lazy_build_on_first_call_gives_same_names():
   eager = unet.UNet(**DIGITS, out_ch=3, resolution=16)
   lazy = unet.UNet(**DIGITS, out_ch=3)

@@ -24,6 +24,12 @@ MODEL_CONFIGS = {
     # no measurable loss in sample quality after 3,000 steps.
     'unet_digits': dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
                         resamp_with_conv=False),
+    # The quick start's model since issue 13: 16 channels at 16x16 (not 32), 64 at 8x8 and 4x4,
+    # 16 GroupNorm groups (32 do not divide 16 channels): 0.68x the floating-point operations
+    # of unet_digits per image (35.8M against 52.9M multiply-adds) for the same share of
+    # recognisable digits; narrowing 8x8 too (48 channels) cost quality.
+    'unet_digits_lite': dict(ch=16, ch_mult=(1, 4, 4), num_res_blocks=1, attn_resolutions=(8,),
+                             resamp_with_conv=False, norm_num_groups=16),
 }
 
 
