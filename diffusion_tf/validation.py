@@ -135,7 +135,7 @@ RULES = {
     'keep_checkpoint_max': integer(1), 'save_every_steps': integer(1, optional=True),
     'save_checkpoints_secs': number(at_least=0), 'clip_mode': one_of(defined_in('tpu_utils.tpu_utils', 'CLIP_MODES')),
     'allow_kwargs_mismatch': boolean, 'seed': integer(0, optional=True),
-    'num_sample_images': integer(0), 'shuffle_buffer': integer(1, optional=True),
+    'num_sample_images': integer(0), 'sample_steps': integer(1), 'shuffle_buffer': integer(1, optional=True),
     # sampling and evaluation
     'num_samples': integer(1), 'batch_size': integer(1), 'sampler': one_of(defined_in('sampling', 'SAMPLERS')),
     'steps': integer(1, optional=True), 'eta': number(at_least=0), 'spacing': one_of(defined_in('sampling', 'SPACINGS', 'DIFFUSERS_SPACINGS')),
