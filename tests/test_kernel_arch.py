@@ -13,12 +13,14 @@ def test_arch_is_part_of_the_name_and_only_native_hashes_the_cpu(monkeypatch):
   monkeypatch.setattr(ops, '_cpu_flags', lambda: {'sse2', 'avx2', 'avx512f'})
   native = ops.library_name('g++')
   assert native.startswith('kernels_native_')
-  assert '-march=native' in ops._compile_command('g++', 'OUT')
+  *compiles, link = ops._compile_commands('g++', 'OUT')
+  assert len(compiles) == len(ops._SOURCES) and all('-march=native' in c for c in compiles)
+  assert link[:2] == ['g++', '-shared'] and all(c[-1] in link for c in compiles)
   monkeypatch.setenv(ops.ENV_ARCH, 'x86-64-v3')
   v3 = ops.library_name('g++')
   assert v3.startswith('kernels_x86-64-v3_') and v3 != native
-  command = ops._compile_command('g++', 'OUT')
-  assert '-march=x86-64-v3' in command and '-march=native' not in command
+  for command in ops._compile_commands('g++', 'OUT')[:-1]:
+    assert '-march=x86-64-v3' in command and '-march=native' not in command
   # An x86-64-v3 build is the same code whatever CPU builds it; a native one is not.
   monkeypatch.setattr(ops, '_cpu_flags', lambda: {'sse2', 'avx2'})
   assert ops.library_name('g++') == v3
