@@ -339,6 +339,11 @@ def test_run_recorded_before_an_option_existed_resumes_with_the_old_behaviour(tm
   with pytest.raises(tpu_utils.KwargsMismatchError, match="lr_schedule: existing 'constant'"):
     tpu_utils.run_training(dump_kwargs={'lr': 0.1, 'lr_schedule': 'linear'}, max_steps=3,
                            lr_schedule='linear', **common)
+  # run_digits' --sample_steps (the end-of-training grid's sampler) came later too, but changes
+  # nothing trained: a run recorded before it resumes with any value.
+  state = tpu_utils.run_training(dump_kwargs={'lr': 0.1, 'channels': 3, 'lr_schedule': 'constant',
+                                              'sample_steps': 100}, max_steps=3, **common)
+  assert int(state.global_step.numpy()) == 3
 
 
 def test_resume_continues_from_latest_checkpoint(tmp_path):

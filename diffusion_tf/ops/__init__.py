@@ -161,7 +161,7 @@ def _build(cxx):
     _run_compiler(commands, cxx)
     os.replace(tmp, target)  # concurrent builders (e.g. two workers) each replace atomically
   finally:
-    for leftover in [tmp] + commands[-1][2:2 + len(_SOURCES)]:  # the .so and the objects
+    for leftover in [tmp] + [c[-1] for c in commands[:-1]]:  # the .so and each compile's object
       if os.path.exists(leftover):
         os.remove(leftover)
   return target
