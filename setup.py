@@ -8,7 +8,7 @@ setup(
     url='https://arxiv.org/abs/2006.11239',
     packages=find_packages(include=['diffusion_tf', 'diffusion_tf.*']),
     package_data={'diffusion_tf.ops': ['*.cc', '*.h'],  # compiled on first use
-                  'diffusion_tf.tpu_utils': ['*.npz']},  # the digits feature network's weights
+                  'diffusion_tf.metrics': ['*.npz']},  # the digits feature network's weights
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from diffusion_tf.tpu_utils import digits_features  # noqa: E402
+from diffusion_tf.metrics import digits_features  # noqa: E402
 
 
 def _row(name, values):

@@ -115,7 +115,7 @@ def _cpu_seconds():
 
 
 def measure(images):
-  from diffusion_tf.tpu_utils import digits_classifier, digits_features
+  from diffusion_tf.metrics import digits_classifier, digits_features
   report = digits_classifier.recognisable_digits(images)
   return dict(recognised=report.fraction, distinct_digits=len(report.digits_present),
               fd=float(digits_features.frechet_distance(images)),
@@ -141,7 +141,7 @@ def eps_error_by_t(model, args, results):
   """The model's noise-prediction MSE on real digits at a few t (per pixel), and what a
   perfect model's eps would weigh at each t in DDIM's x0 prediction (sqrt(1/a - 1))."""
   import tensorflow as tf
-  from diffusion_tf.tpu_utils import digits_features
+  from diffusion_tf.metrics import digits_features
   real = digits_features.real_digits('held_out').astype(np.float32) / 127.5 - 1.
   d = model.diffusion
   rng = np.random.RandomState(0)

@@ -398,7 +398,7 @@ def make_eval_extractor(inception_graph=None, *, features='inception'):
   `inception.locate_inception_graph` does), or ``'digits'``, the digits classifier of
   `digits_features` (the built-in data set's default; says so when loaded).
   """
-  from .tpu_utils import digits_features, inception
+  from .metrics import digits_features, inception
   if features not in FEATURES:
     raise FlagError(f'--features must be one of {FEATURES}, got {features!r}')
   if features == 'inception':
@@ -431,7 +431,7 @@ def evaluation(*, model_dir, total_bs, num_inception_samples, defaults=None, tpu
   data set is the reference and ``model_dir`` receives the model as a TF1 checkpoint
   (``model.ckpt-0``) and the results. Returns None.
   """
-  from .tpu_utils import eval_worker
+  from .metrics import eval_worker
   if (export_npz or export_png_dir) and not (dump_samples_only and (once or load_ckpt or pretrained)):
     raise FlagError('--export_npz / --export_png_dir need --dump_samples_only and one checkpoint '
                      '(--once or --load_ckpt)')

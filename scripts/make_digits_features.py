@@ -1,4 +1,4 @@
-"""Trains the digits feature network shipped as diffusion_tf/tpu_utils/digits_features.npz.
+"""Trains the digits feature network shipped as diffusion_tf/metrics/digits_features.npz.
 
   python scripts/make_digits_features.py            # rewrites the shipped weights
   python scripts/make_digits_features.py --out /tmp/w.npz --epochs 5
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from diffusion_tf.tpu_utils import digits_features  # noqa: E402
+from diffusion_tf.metrics import digits_features  # noqa: E402
 
 
 def digits_labels():

@@ -13,7 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusion_tf import cli, runners, sampling, utils  # noqa: E402
-from diffusion_tf.tpu_utils import digits_classifier, tpu_utils  # noqa: E402
+from diffusion_tf.tpu_utils import tpu_utils  # noqa: E402
+from diffusion_tf.metrics import digits_classifier  # noqa: E402
 
 
 def train(exp_name='EXP', tpu_name=None, bucket_name_prefix=None, model_name='unet_digits_lite',

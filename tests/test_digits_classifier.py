@@ -6,7 +6,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from diffusion_tf.tpu_utils import datasets, digits_classifier as dc
+from diffusion_tf.tpu_utils import datasets
+
+from diffusion_tf.metrics import digits_classifier as dc
 
 RES = 16
 

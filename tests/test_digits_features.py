@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from diffusion_tf.tpu_utils import digits_features, inception, reference_stats
+from diffusion_tf.metrics import digits_features, inception, reference_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

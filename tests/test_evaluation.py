@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from diffusion_tf import checkpoints, runners
 from diffusion_tf.models import unet
-from diffusion_tf.tpu_utils import datasets, eval_worker, inception, reference_stats
+from diffusion_tf.tpu_utils import datasets
+from diffusion_tf.metrics import eval_worker, inception, reference_stats
 from diffusion_tf.tpu_utils.simple_eval_worker import SimpleEvalWorker
 from diffusion_tf.tpu_utils.tpu_utils import normalize_data
 

@@ -19,7 +19,9 @@ import tensorflow as tf
 from tensorflow.python.lib.io import file_io
 
 from diffusion_tf import cli, errors, integrity, runners, validation
-from diffusion_tf.tpu_utils import datasets, eval_worker, inception, reference_stats
+from diffusion_tf.tpu_utils import datasets
+
+from diffusion_tf.metrics import eval_worker, inception, reference_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ('run_digits', 'run_cifar', 'run_celebahq', 'run_lsun')

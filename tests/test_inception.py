@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 
 from diffusion_tf.tpu_utils import classifier_metrics_numpy as cm
-from diffusion_tf.tpu_utils import inception
-from diffusion_tf.tpu_utils import reference_stats as rstats
+from diffusion_tf.metrics import inception
+from diffusion_tf.metrics import reference_stats as rstats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, K = 8, 5
@@ -354,7 +354,7 @@ def test_import_does_not_download(tmp_path):
           raise AssertionError('network used at import time')
       urllib.request.urlopen = boom
       socket.socket.connect = boom
-      from diffusion_tf.tpu_utils import inception, reference_stats
+      from diffusion_tf.metrics import inception, reference_stats
       print('imported')
       """, {inception.ENV_CACHE: str(tmp_path / 'root')})
   assert 'imported' in out
@@ -369,7 +369,7 @@ def test_run_inception_under_mirrored_strategy():
       tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
       import sys; sys.path.insert(0, 'tests')
       import test_inception as T
-      from diffusion_tf.tpu_utils import inception
+      from diffusion_tf.metrics import inception
       x = np.random.RandomState(0).randint(0, 256, size=(7, 16, 16, 3)).astype(np.uint8)
       strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
       assert strategy.num_replicas_in_sync == 2

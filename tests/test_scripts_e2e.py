@@ -26,7 +26,9 @@ import pytest
 from PIL import Image
 
 from diffusion_tf import interop, sampling
-from diffusion_tf.tpu_utils import datasets, digits_features, inception, reference_stats
+from diffusion_tf.tpu_utils import datasets
+
+from diffusion_tf.metrics import digits_features, inception, reference_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny settings shared by every training run here: 8x8 images, 10 diffusion steps, 3 steps.

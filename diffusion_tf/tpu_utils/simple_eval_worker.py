@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import checkpoints, integrity, utils
-from .eval_worker import Progress, ReplicatedFn, _is_model, _print, checkpoint_step
+from ..metrics.eval_worker import Progress, ReplicatedFn, _is_model, _print, checkpoint_step
 from .tpu_utils import normalize_data
 
 MODES = ('bpd_train', 'bpd_eval', 'progressive_samples')
