@@ -8,6 +8,7 @@ the ``checkpoint`` state file that `tf.train.latest_checkpoint` reads.
 """
 
 import logging
+import os
 
 import tensorflow as tf
 
@@ -162,3 +163,14 @@ def model_var_dict(net, ema_shadows=None):
   if ema_shadows is not None:
     out.update({ema_name(tf1_name(v)): s for v, s in zip(net.trainable_variables, ema_shadows)})
   return out
+
+
+def save_tf1_checkpoint(unet, out_dir):
+  """Writes ``out_dir/model.ckpt-0`` in the authors' layout: the weights under both the raw and
+  the EMA names (so ``ema=True`` loaders read them too). Refuses a folder with checkpoints."""
+  if tf.io.gfile.exists(out_dir) and tf.train.latest_checkpoint(out_dir):
+    raise FileExistsError(f'{out_dir} already holds checkpoints; pass a new folder')
+  return write_tf1_checkpoint(
+      os.path.join(out_dir, 'model.ckpt'),
+      model_var_dict(unet, ema_shadows=[tf.identity(v) for v in unet.trainable_variables]),
+      global_step=0)

@@ -1,4 +1,12 @@
-"""The scripts' entry point: ``cli.main({'train': train, ...})``.
+"""The scripts' commands and entry point: a script is its recipe, its commands made from it,
+and ``cli.main({'train': train, ...})``::
+
+    train, sample, evaluation = cli.script_commands(CIFAR10, 'train', 'sample', 'evaluation')
+
+`script_commands` gives each command of a `recipes.Recipe` a real signature (the recipe's flags
+in their order, its values as defaults), which Fire parses and ``--help`` shows, and a body
+that hands every flag by name to the command in `runners.COMMANDS`. Called from Python
+(``run_digits.train(max_steps=2000)``) it is the same function.
 
 Every command's flags are checked (`validation`) before the command runs, so a bad value
 never leaves a directory or file behind. Errors the user causes (`USER_ERRORS`) are printed
@@ -26,6 +34,31 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError,
 DEBUG_FLAG = '--debug'
 DEBUG_ENV = 'DIFFUSION_TF_DEBUG'
 USER_ERROR_STATUS = 2
+
+
+def _command(recipe, name):
+  positional, keyword = recipe.flags(name)
+  P = inspect.Parameter
+  params = [P(n, P.POSITIONAL_OR_KEYWORD, default=recipe.default(name, n)) for n in positional]
+  params += [P(n, P.KEYWORD_ONLY, default=recipe.default(name, n)) for n in keyword]
+  signature = inspect.Signature(params)
+
+  def command(*args, **kwargs):
+    from . import runners  # the command bodies (TensorFlow-heavy) load when a command runs
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    runners.COMMANDS[name](recipe, dict(bound.arguments))
+
+  command.__name__ = command.__qualname__ = name
+  command.__doc__ = recipe.docs.get(name)
+  command.__signature__ = signature
+  command._recipe = recipe  # for the flag rules that depend on it (v1 / v2 loss types)
+  return command
+
+
+def script_commands(recipe, *names):
+  """The commands ``names`` of ``recipe`` as functions (one per name, in that order)."""
+  return tuple(_command(recipe, name) for name in names)
 
 
 def validated(fn):

@@ -6,8 +6,8 @@
 
 `Pipeline.from_pretrained` loads a Hub repo id, a diffusers folder (the flat layout of the
 google repos or the ``save_pretrained`` one), one of our run directories (kwargs.json and the
-latest checkpoint) or a TF1 checkpoint prefix of the authors' release; `save_pretrained`
-writes what diffusers writes. Any pipeline class loads any of them: the noise schedule is the
+latest checkpoint) or a TF1 checkpoint prefix of the authors' release (through `loading`);
+`save_pretrained` writes what diffusers writes. Any pipeline class loads any of them: the noise schedule is the
 model's, the sampler the class's.
 """
 
@@ -17,214 +17,14 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, diffusers_format as fmt, nn, sampling, utils
-from .diffusion_base import get_beta_schedule, timestep_loop
-from .diffusion_utils_2 import GaussianDiffusion2
-from .models.unet import MODEL_CONFIGS, UNet
+from . import diffusers_format as fmt, nn, sampling, utils
+from .checkpoints import save_tf1_checkpoint  # noqa: F401  (public here before)
+from .diffusion_base import timestep_loop
+from .loading import (MODEL_INDEX, PretrainedModel, download, load_diffusers_folder,  # noqa: F401
+                      load_pretrained, load_run_dir, load_tf1_checkpoint, model_config_name,
+                      pretrained_model, released_diffusion, unet_kwargs_from_tf1_shapes)
 
-MODEL_INDEX = 'model_index.json'
 OUTPUT_TYPES = ('pil', 'np')
-
-
-# ----------------------------------------------------------------------------- locating a model
-
-def _hub_cache_dir():
-  """The Hugging Face cache folder, honouring HF_HUB_CACHE / HF_HOME as set now."""
-  from huggingface_hub import constants
-  if os.environ.get('HF_HUB_CACHE'):
-    return os.environ['HF_HUB_CACHE']
-  if os.environ.get('HF_HOME'):
-    return os.path.join(os.environ['HF_HOME'], 'hub')
-  return constants.HF_HUB_CACHE
-
-
-def _hub_offline():
-  from huggingface_hub import constants
-  return constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
-
-
-def download(repo_id, *, revision=None):
-  """A local snapshot of Hub repo ``repo_id`` (configs and safetensors weights) in the HF cache.
-
-  Offline (HF_HUB_OFFLINE=1) only the cache is consulted, so a missing model fails at once.
-  """
-  import huggingface_hub
-  from huggingface_hub import errors
-  cache = _hub_cache_dir()
-  patterns = ['*.json', '*.safetensors']
-  try:
-    import torch  # noqa: F401  (.bin weights are readable only with torch)
-    patterns.append('*.bin')
-  except ImportError:
-    pass
-  try:
-    return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache,
-                                             allow_patterns=patterns,
-                                             local_files_only=_hub_offline())
-  except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as e:
-    raise FileNotFoundError(
-        f'Cannot get Hub model {repo_id!r}{f" (revision {revision})" if revision else ""}: it is '
-        f'not in the Hugging Face cache {cache} and cannot be downloaded here '
-        f'({"HF_HUB_OFFLINE is set" if _hub_offline() else type(e).__name__}). On a machine with '
-        f'internet run `huggingface-cli download {repo_id}` (HF_HOME selects the cache) and copy '
-        f'the cache folder here, or pass a local folder.') from e
-  except errors.RepositoryNotFoundError as e:
-    raise FileNotFoundError(f'{repo_id!r} is neither a local path nor a Hub repository') from e
-
-
-def _is_diffusers_folder(path):
-  return any(os.path.exists(os.path.join(path, f))
-             for f in (MODEL_INDEX, 'config.json', os.path.join('unet', 'config.json')))
-
-
-def _diffusers_parts(folder):
-  """(unet folder, scheduler config path) of a save_pretrained or flat (google) folder."""
-  if os.path.exists(os.path.join(folder, 'unet', 'config.json')):
-    return os.path.join(folder, 'unet'), os.path.join(folder, 'scheduler', 'scheduler_config.json')
-  return folder, os.path.join(folder, 'scheduler_config.json')
-
-
-def load_diffusers_folder(folder, *, name='model'):
-  """(UNet with the folder's weights, scheduler config dict) of a diffusers folder."""
-  unet_dir, sched_path = _diffusers_parts(folder)
-  config = fmt.read_json(os.path.join(unet_dir, 'config.json'))
-  try:
-    net = UNet(**fmt.unet_kwargs_from_config(config, name=name))
-  except fmt.DiffusersFormatError as e:
-    raise fmt.DiffusersFormatError(f'{unet_dir}/config.json: {e}') from None
-  fmt.load_state_dict(net, fmt.read_weights(unet_dir), source=f'The weights in {unet_dir}')
-  if not os.path.exists(sched_path):
-    raise FileNotFoundError(f'{folder} has a UNet but no scheduler config (expected {sched_path})')
-  return net, fmt.read_json(sched_path)
-
-
-# The diffusion of the authors' released models, by resolution (the scripts' defaults):
-# CIFAR-10 is the v2 eps / fixedlarge model, the 256x256 ones v1 (posterior variance).
-def released_diffusion(resolution):
-  betas = get_beta_schedule('linear', beta_start=0.0001, beta_end=0.02, num_diffusion_timesteps=1000)
-  var = 'fixedlarge' if resolution == 32 else 'fixedsmall'
-  return GaussianDiffusion2(betas=betas, model_mean_type='eps', model_var_type=var, loss_type='mse')
-
-
-def unet_kwargs_from_tf1_shapes(shapes, *, scope='model', resolution=None):
-  """`UNet` arguments read off a TF1 checkpoint's variable shapes ({name: shape}).
-
-  A configuration with attention at one level is the original's ``attn_resolutions=(16,)``,
-  which fixes the resolution (16 * 2**level); the named configurations (``unet2d16b2``,
-  ``unet2d16b2c112244``) then come out exactly. Otherwise ``resolution`` must be given.
-  """
-  def shape(name):
-    return list(shapes[f'{scope}/{name}'])
-
-  if f'{scope}/conv_in/W' not in shapes:
-    raise fmt.DiffusersFormatError(f'no {scope}/conv_in/W in the checkpoint: not a DDPM U-Net')
-  _, _, in_ch, ch = shape('conv_in/W')
-  levels = 0
-  while f'{scope}/down_{levels}/block_0/conv1/W' in shapes:
-    levels += 1
-  nrb = 0
-  while f'{scope}/down_0/block_{nrb}/conv1/W' in shapes:
-    nrb += 1
-  level_chs = [shape(f'down_{i}/block_0/conv1/W')[-1] for i in range(levels)]
-  down = tuple(f'{scope}/down_{i}/attn_0/q/W' in shapes for i in range(levels))
-  up = tuple(f'{scope}/up_{i}/attn_0/q/W' in shapes for i in range(levels))
-  kwargs = dict(ch=ch, out_ch=shape('conv_out/W')[-1], num_res_blocks=nrb, in_ch=in_ch, name=scope,
-                resamp_with_conv=levels < 2 or f'{scope}/down_0/downsample/conv/W' in shapes)
-  multiples = all(c % ch == 0 for c in level_chs)
-  if multiples and down == up and sum(down) == 1 and resolution in (None, 16 * 2 ** down.index(True)):
-    kwargs.update(ch_mult=tuple(c // ch for c in level_chs), attn_resolutions=(16,),
-                  resolution=16 * 2 ** down.index(True))
-    return kwargs
-  if resolution is None:
-    raise fmt.DiffusersFormatError('the checkpoint\'s U-Net is not an original configuration '
-                                   '(attention at 16x16 only): pass resolution=')
-  kwargs.update(block_out_channels=tuple(level_chs), attn_resolutions=(), attn_levels=(down, up),
-                resolution=resolution)
-  return kwargs
-
-
-def model_config_name(kwargs):
-  """The name in `MODEL_CONFIGS` whose settings ``kwargs`` has, or None."""
-  for name, cfg in MODEL_CONFIGS.items():
-    if all(kwargs.get(k, UNet.__init__.__kwdefaults__.get(k)) == (tuple(v) if isinstance(v, list) else v)
-           for k, v in cfg.items()):
-      return name
-  return None
-
-
-def load_tf1_checkpoint(prefix, *, ema=True, resolution=None):
-  """(UNet, scheduler config) of a TF1 checkpoint of the authors' layout."""
-  prefix = checkpoints.resolve_checkpoint(prefix)
-  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  net = UNet(**unet_kwargs_from_tf1_shapes(shapes, resolution=resolution))
-  checkpoints.restore_tf1_checkpoint(net, prefix, ema=ema)
-  return net, fmt.scheduler_config(released_diffusion(net.resolution))
-
-
-def load_run_dir(run_dir, *, ema=True):
-  """(UNet, scheduler config) of one of our training runs: kwargs.json + latest checkpoint."""
-  from . import runners
-  kw = runners.read_run_kwargs(run_dir)
-  model = runners.make_model(kw, runners.get_dataset_from_kwargs(kw).image_shape)
-  if model.block_size != 1:
-    raise fmt.DiffusersFormatError(f'{run_dir} was trained with block_size={model.block_size} '
-                                   f'(space-to-depth), which a pipeline cannot express')
-  checkpoints.restore_tf1_checkpoint(model.net, checkpoints.resolve_checkpoint(run_dir), ema=ema)
-  return model.net, fmt.scheduler_config(model.diffusion)
-
-
-def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
-  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts."""
-  path = str(name_or_path)
-  if not os.path.exists(path) and not os.path.exists(path + '.index'):
-    if path.count('/') != 1 or path.startswith(('.', '/')):
-      raise FileNotFoundError(f'{path!r} is not a local folder, a checkpoint prefix or a Hub id '
-                              f'(owner/name)')
-    path = download(path, revision=revision)
-  if subfolder:
-    path = os.path.join(path, subfolder)
-  if os.path.isdir(path):
-    if _is_diffusers_folder(path):
-      return load_diffusers_folder(path)
-    if os.path.exists(os.path.join(path, 'kwargs.json')):
-      return load_run_dir(path, ema=ema)
-    if tf.train.latest_checkpoint(path):  # an unpacked release folder
-      return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
-    raise FileNotFoundError(f'{path} holds no model: expected a diffusers folder (config.json or '
-                            f'model_index.json), a run directory (kwargs.json) or TF1 checkpoints')
-  return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
-
-
-class PretrainedModel:
-  """A loaded model as the scripts' sampling and evaluation see a script model
-  (``.net``, ``.diffusion``, ``.denoise``, ``.image_shape``)."""
-
-  block_size = 1
-
-  def __init__(self, unet, scheduler_config):
-    self.net = unet
-    self.diffusion, self.scheduler_config = fmt.diffusion_from_scheduler_config(
-        scheduler_config, 'DDPMScheduler')
-    self.image_shape = (unet.resolution, unet.resolution, unet.in_ch)
-
-  def denoise(self, x, t):
-    return self.net(x, t, training=False)
-
-
-def pretrained_model(name_or_path, **kwargs):
-  """`PretrainedModel` of anything `load_pretrained` accepts (same keyword arguments)."""
-  return PretrainedModel(*load_pretrained(name_or_path, **kwargs))
-
-
-def save_tf1_checkpoint(unet, out_dir):
-  """Writes ``out_dir/model.ckpt-0`` in the authors' layout: the weights under both the raw and
-  the EMA names (so ``ema=True`` loaders read them too). Refuses a folder with checkpoints."""
-  if tf.io.gfile.exists(out_dir) and tf.train.latest_checkpoint(out_dir):
-    raise FileExistsError(f'{out_dir} already holds checkpoints; pass a new folder')
-  return checkpoints.write_tf1_checkpoint(
-      os.path.join(out_dir, 'model.ckpt'),
-      checkpoints.model_var_dict(unet, ema_shadows=[tf.identity(v) for v in unet.trainable_variables]),
-      global_step=0)
 
 
 # ----------------------------------------------------------------------------- pipelines

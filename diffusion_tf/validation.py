@@ -101,8 +101,8 @@ def defined_in(module, *names):
 
 
 def _loss_type(name, value, arguments):
-  """v2 diffusion (the scripts with --model_mean_type) has its loss types, v1 only 'noisepred'."""
-  if 'model_mean_type' in arguments:
+  """v2 diffusion has its loss types, v1 only 'noisepred' (the recipe's diffusion version)."""
+  if arguments.recipe.diffusion.version == 2:
     from .diffusion_utils_2 import LOSS_TYPES
   else:
     from .diffusion_utils import LOSS_TYPES
@@ -127,7 +127,7 @@ RULES = {
     'beta_schedule': one_of(defined_in('diffusion_base', 'BETA_SCHEDULES')), 'model_mean_type': one_of(defined_in('diffusion_utils_2', 'MODEL_MEAN_TYPES')),
     'model_var_type': one_of(defined_in('diffusion_utils_2', 'MODEL_VAR_TYPES')), 'loss_type': _loss_type,
     'dropout': number(at_least=0, below=1), 'randflip': boolean,
-    'mixed_precision': one_of(defined_in('runners', 'MIXED_PRECISION')),
+    'mixed_precision': one_of(defined_in('script_models', 'MIXED_PRECISION')),
     # training
     'optimizer': one_of(defined_in('tpu_utils.tpu_utils', 'OPTIMIZERS')), 'total_bs': integer(1), 'grad_clip': number(above=0),
     'lr': number(above=0), 'warmup': integer(0), 'lr_schedule': one_of(defined_in('utils', 'LR_SCHEDULES')),
@@ -231,10 +231,19 @@ def unchecked_flags(fn):
   return [n for n in inspect.signature(fn).parameters if n not in RULES]
 
 
-def check_command(arguments):
+class Arguments(dict):
+  """A command's {flag: value} and the recipe of its script (None for other commands)."""
+
+  def __init__(self, values, recipe=None):
+    super().__init__(values)
+    self.recipe = recipe
+
+
+def check_command(arguments, recipe=None):
   """Raises FlagError for the first flag of ``arguments`` ({parameter: value}, all of a
   command's parameters, defaults included) that breaks its rule. Parameters without a rule are
   not checked (`unchecked_flags` lists them; the tests require there are none)."""
+  arguments = Arguments(arguments, recipe)
   for name, value in arguments.items():
     if name in RULES:
       RULES[name](name, value, arguments)
@@ -246,4 +255,4 @@ def check_call(fn, args, kwargs):
   """`check_command` on a call ``fn(*args, **kwargs)`` (defaults filled in)."""
   bound = inspect.signature(fn).bind(*args, **kwargs)
   bound.apply_defaults()
-  check_command(dict(bound.arguments))
+  check_command(dict(bound.arguments), getattr(fn, '_recipe', None))

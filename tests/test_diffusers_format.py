@@ -12,6 +12,7 @@ import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
 from diffusion_tf import checkpoints, diffusers_format as fmt, pipelines
+from diffusion_tf.diffusion_utils_2 import GaussianDiffusion2
 from diffusion_tf.models import unet
 from test_unet import expected_variables, randomize
 
@@ -177,8 +178,8 @@ def test_scheduler_schedules_and_types():
   np.testing.assert_array_equal(d.betas, trained)
   # and back: our tables come back exactly (trained_betas when no named schedule fits).
   for betas in (trained, np.linspace(0.01, 0.2, 10)):
-    d = pipelines.GaussianDiffusion2(betas=betas, model_mean_type='eps', model_var_type='fixedlarge',
-                                     loss_type='mse')
+    d = GaussianDiffusion2(betas=betas, model_mean_type='eps', model_var_type='fixedlarge',
+                           loss_type='mse')
     back, _ = fmt.diffusion_from_scheduler_config(fmt.scheduler_config(d))
     np.testing.assert_array_equal(back.betas, betas)
     assert back.model_var_type == 'fixedlarge'

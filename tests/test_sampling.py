@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from diffusion_tf import checkpoints, diffusion_utils as d1, diffusion_utils_2 as d2, runners, sampling
+from diffusion_tf import (checkpoints, diffusion_utils as d1, diffusion_utils_2 as d2, loading, recipes,
+                          runners, sampling)
 from diffusion_tf.models import unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,7 +174,7 @@ def test_sample_uses_ema_by_default_and_raw_on_request(tmp_path):
   model = runners.make_model(kw, (16, 16, kw['channels']))
   prefix, ema = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), model.net, 5)
   for use_ema in (True, False):
-    loaded, _, _, step = runners.load_model_for_sampling(run_digits.train, ckpt=prefix, ema=use_ema)
+    loaded, _, _, step = loading.load_for_sampling(recipes.DIGITS, ckpt=prefix, ema=use_ema)
     w = {unet.tf1_name(v): v.numpy() for v in loaded.net.trainable_variables}
     name = 'model/conv_in/W'
     reader = tf.train.load_checkpoint(prefix)
