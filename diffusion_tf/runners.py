@@ -90,7 +90,7 @@ def train(recipe, flags):
   return tpu_utils.run_training(
       model_constructor=lambda: script_models.build(recipe, ds.image_shape, ds.num_classes),
       train_input_fn=ds.train_input_fn, total_bs=t.total_bs, optimizer=t.optimizer, lr=t.lr,
-      warmup=t.warmup, grad_clip=t.grad_clip, ema_decay=t.ema_decay, tpu=record.get('tpu_name'),
+      warmup=t.warmup, grad_clip=t.grad_clip, ema_decay=t.ema_decay, tpu=t.tpu_name,
       log_dir=t.log_dir, exp_name=recipe.experiment_name(), dump_kwargs=record,
       date_str='9999-99-99', iterations_per_loop=t.iterations_per_loop,
       keep_checkpoint_max=t.keep_checkpoint_max,

@@ -56,20 +56,18 @@ def _random_flip(x):
   return tf.image.random_flip_left_right(x)
 
 
-class DiffusionModel2(tpu_utils.Model):
-  """The CIFAR-10 script model (original ``run_cifar.Model``) on `GaussianDiffusion2`."""
+class _ScriptModel(tpu_utils.Model):
+  """What both script models share: the network seen through `_BlockNet`, the training loss at
+  uniformly drawn timesteps (with random flips if ``randflip``) and the ancestral sampler."""
 
-  def __init__(self, *, model_name, betas, model_mean_type, model_var_type, loss_type,
-               num_classes, dropout, randflip, image_shape, compute_dtype=None, block_size=1):
+  def __init__(self, diffusion, *, model_name, out_ch, num_classes, dropout, randflip,
+               image_shape, compute_dtype=None, block_size=1):
     assert num_classes == 1, 'the original models are unconditional'
     self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
     self.image_shape = tuple(image_shape)
-    self.diffusion = GaussianDiffusion2(betas=betas, model_mean_type=model_mean_type,
-                                        model_var_type=model_var_type, loss_type=loss_type)
-    C = image_shape[2]
-    self._blocknet = _BlockNet(model_name, out_ch=C * 2 if model_var_type == 'learned' else C,
-                               dropout=dropout, image_shape=image_shape, block_size=block_size,
-                               compute_dtype=compute_dtype)
+    self.diffusion = diffusion
+    self._blocknet = _BlockNet(model_name, out_ch=out_ch, dropout=dropout, image_shape=image_shape,
+                               block_size=block_size, compute_dtype=compute_dtype)
     self.block_size, self.net = block_size, self._blocknet.net
 
   def denoise_train(self, x, t):
@@ -79,17 +77,34 @@ class DiffusionModel2(tpu_utils.Model):
     """The network at sampling time: no dropout."""
     return self._blocknet(x, t, training=False)
 
+  def _losses(self, x, t):
+    raise NotImplementedError
+
   def train_fn(self, x, y):
     B = x.shape[0]
     if self.randflip:
       x = _random_flip(x)
     t = tf.random.uniform([B], 0, self.diffusion.num_timesteps, dtype=tf.int32)
-    losses = self.diffusion.training_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
-    return {'loss': tf.reduce_mean(losses)}
+    return {'loss': tf.reduce_mean(self._losses(x, t))}
 
   def samples_fn(self, dummy_x, y):
     return {'samples': self.diffusion.p_sample_loop(
         denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal)}
+
+
+class DiffusionModel2(_ScriptModel):
+  """The CIFAR-10 script model (original ``run_cifar.Model``) on `GaussianDiffusion2`."""
+
+  def __init__(self, *, betas, model_mean_type, model_var_type, loss_type, image_shape,
+               block_size=1, **common):
+    diffusion = GaussianDiffusion2(betas=betas, model_mean_type=model_mean_type,
+                                   model_var_type=model_var_type, loss_type=loss_type)
+    C = image_shape[2]
+    super().__init__(diffusion, out_ch=C * 2 if model_var_type == 'learned' else C,
+                     image_shape=image_shape, block_size=block_size, **common)
+
+  def _losses(self, x, t):
+    return self.diffusion.training_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
 
   def progressive_samples_fn(self, dummy_x, y):
     samples, progressive_samples = self.diffusion.p_sample_loop_progressive(
@@ -103,20 +118,13 @@ class DiffusionModel2(tpu_utils.Model):
             'mse': mse_bt}
 
 
-class DiffusionModel1(tpu_utils.Model):
+class DiffusionModel1(_ScriptModel):
   """The CelebA-HQ / LSUN script model (original ``run_celebahq.Model``) on v1
   `GaussianDiffusion`, with the optional space-to-depth ``block_size``."""
 
-  def __init__(self, *, model_name, betas, loss_type, num_classes, dropout, randflip, block_size,
-               image_shape, compute_dtype=None):
-    assert num_classes == 1, 'the original models are unconditional'
-    self.model_name, self.dropout, self.randflip = model_name, dropout, randflip
-    self.image_shape = tuple(image_shape)
-    self.diffusion = GaussianDiffusion(betas=betas, loss_type=loss_type)
-    self._blocknet = _BlockNet(model_name, out_ch=image_shape[2], dropout=dropout,
-                               image_shape=image_shape, block_size=block_size,
-                               compute_dtype=compute_dtype)
-    self.block_size, self.net = block_size, self._blocknet.net
+  def __init__(self, *, betas, loss_type, image_shape, **common):
+    super().__init__(GaussianDiffusion(betas=betas, loss_type=loss_type), out_ch=image_shape[2],
+                     image_shape=image_shape, **common)
 
   def _denoise(self, x, t, training):
     out = self._blocknet(x, t, training)
@@ -129,17 +137,8 @@ class DiffusionModel1(tpu_utils.Model):
   def denoise(self, x, t):
     return self._denoise(x, t, training=False)
 
-  def train_fn(self, x, y):
-    B = x.shape[0]
-    if self.randflip:
-      x = _random_flip(x)
-    t = tf.random.uniform([B], 0, self.diffusion.num_timesteps, dtype=tf.int32)
-    losses = self.diffusion.p_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
-    return {'loss': tf.reduce_mean(losses)}
-
-  def samples_fn(self, dummy_x, y):
-    return {'samples': self.diffusion.p_sample_loop(
-        denoise_fn=self.denoise, shape=dummy_x.shape.as_list(), noise_fn=tf.random.normal)}
+  def _losses(self, x, t):
+    return self.diffusion.p_losses(denoise_fn=self.denoise_train, x_start=x, t=t)
 
   def samples_fn_denoising_trajectory(self, dummy_x, y, repeat_noise_steps=0):
     times, imgs = self.diffusion.p_sample_loop_trajectory(

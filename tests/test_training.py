@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import checkpoints, nn, ops, runners
+from diffusion_tf import checkpoints, nn, ops, recipes, runners
 from diffusion_tf.tpu_utils import tpu_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -575,11 +575,12 @@ def test_experiment_names_match_the_original(script, expected):
 def test_bucket_prefix_maps_every_path_flag(monkeypatch):
   seen = {}
 
-  def fake_get_dataset(kw):
-    seen.update(kw)
+  def fake_dataset_of(recipe):  # the recipe the command trains, paths and region mapped
+    seen.update(tfr_file=recipe.data.tfr_file, tfds_data_dir=recipe.data.tfds_data_dir,
+                log_dir=recipe.train.log_dir, region=recipe.train.region)
     raise RuntimeError('stop here')
 
-  monkeypatch.setattr(runners, 'get_dataset_from_kwargs', fake_get_dataset)
+  monkeypatch.setattr(runners, 'dataset_of', fake_dataset_of)
   with pytest.raises(RuntimeError, match='stop here'):
     _script('run_lsun').train(bucket_name_prefix='mybucket', region='us-central1', exp_name='E')
   assert seen['tfr_file'] == 'gs://mybucket-us-central1/tensorflow_datasets/lsun/church/church-r08.tfrecords'
@@ -640,7 +641,8 @@ def test_seed_makes_a_digits_run_reproducible(tmp_path):
   kw = dict(runners.script_defaults(_script('run_digits').train), resolution=8, total_bs=8,
             max_steps=3, num_diffusion_timesteps=50, num_sample_images=0, warmup=1)
   def weights(log_dir, seed):
-    state = runners.train(dict(kw, log_dir=str(tmp_path / log_dir), seed=seed), iterations_per_loop=10)
+    recipe = recipes.DIGITS.with_flags({'iterations_per_loop': 10})
+    state = runners.train(recipe, dict(kw, log_dir=str(tmp_path / log_dir), seed=seed))
     # The digits default anneals the rate (recorded, so a resume keeps the same schedule).
     assert tpu_utils.load_train_kwargs(state.model_dir)['lr_schedule'] == 'linear'
     return np.concatenate([v.numpy().ravel() for v in state.variables])

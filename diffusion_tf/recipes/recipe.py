@@ -49,7 +49,8 @@ class Diffusion:
 
 @dataclass(frozen=True)
 class Train:
-  """The optimisation and the run directory (``<log_dir>/9999-99-99/<experiment name>``)."""
+  """The optimisation, the devices and the run directory (``<log_dir>/9999-99-99/<experiment
+  name>``, on ``gs://<bucket_name_prefix>-<region>/`` with a bucket)."""
   optimizer: str = 'adam'
   total_bs: int = 128
   grad_clip: float = 1.
@@ -59,6 +60,9 @@ class Train:
   ema_decay: float = 0.9999
   exp_name: str = 'EXP'
   log_dir: str = 'logs'
+  tpu_name: Optional[str] = None
+  bucket_name_prefix: Optional[str] = None
+  region: Optional[str] = None
   keep_checkpoint_max: int = 2
   max_steps: Optional[int] = None
   save_every_steps: Optional[int] = None
