@@ -6,25 +6,27 @@ EMA after the optimizer step, TensorBoard summaries every 100 steps, and name-ba
 checkpoints in the original TF1 layout (``model/...``, ``.../ExponentialMovingAverage``,
 ``.../Adam``, ``beta1_power``, ``global_step``) so one reader loads ours and the
 authors' released models.
+
+It is three pieces: the run directory (`run_directory.RunDirectory`: lock, kwargs.json,
+resumption, checkpoints, summaries, signals), the compiled step (`make_train_step`) and, in
+between, the loop (`_loop`), all configured by one `train_settings.TrainSettings`.
 """
 
 import contextlib
-import json
 import math
 import os
-import signal
-import socket
 import time
 
-import numpy as np
 import tensorflow as tf
 
-from .. import checkpoints, integrity, nn, startup, utils
+from .. import nn, startup, utils
 from ..checkpoints import EMA_SUFFIX
-from ..errors import DamagedFileError, UserError
 from ..models.unet import tf1_name
-
-CLIP_MODES = ('global', 'per_replica')
+# The run directory's and the settings' public names, importable from here as before.
+from .run_directory import (  # noqa: F401
+    LOCK_FILE, RECORDED_BEFORE_OPTION_EXISTED, RESUME_SAFE_KWARGS, KwargsMismatchError,
+    RunDirectory, RunDirectoryBusyError, acquire_run_lock, load_train_kwargs, with_older_defaults)
+from .train_settings import CLIP_MODES, UNBOUNDED_STEPS, TrainSettings  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- data scaling
@@ -95,12 +97,6 @@ def _is_chief(strategy):
     return True
   has_chief = 'chief' in resolver.cluster_spec().as_dict()
   return not has_chief and resolver.task_type == 'worker' and resolver.task_id == 0
-
-
-def _local(v):
-  """The first local component of a (possibly distributed) variable."""
-  values = getattr(v, 'values', None)
-  return values[0] if isinstance(values, tuple) else v
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -324,211 +320,126 @@ class TrainState:
     return missing
 
 
-class _Saver:
-  """Name-based checkpoints ``<model_dir>/model.ckpt-<step>``, keeping the newest N.
+# ----------------------------------------------------------------------------- the training step
 
-  Saves each variable's first local copy (all replicas hold the same values); TF's saver
-  writes to temporary files and renames them, then updates the ``checkpoint`` file.
+def make_train_step(state, strategy, settings, writer):
+  """Compiles the training step for ``state`` (a `TrainState` built in ``strategy.scope()``).
+
+  Returns ``train_loop(iterator, num_steps) -> (mean loss, all losses finite)``, one
+  `tf.function` that runs ``num_steps`` steps of ``strategy.run``: on each replica the loss and
+  its gradients, all-reduced and clipped (``settings.clip_mode``), then the optimizer and EMA
+  update, with float16 loss scaling if ``settings.loss_scale``. Every ``settings.summary_every``
+  steps it writes the TensorBoard scalars to ``writer``.
   """
+  replica_step = _replica_step_fn(state, settings, strategy.num_replicas_in_sync)
+  write_summaries = _summaries_fn(state, writer)
+  summary_every = settings.summary_every
 
-  def __init__(self, state, model_dir, keep):
-    self.prefix = os.path.join(model_dir, 'model.ckpt')
-    self.saver = checkpoints.tf1_saver({k: _local(v) for k, v in state.var_dict().items()},
-                                       max_to_keep=keep, save_relative_paths=True)
-    # Keep retention working across restarts.
-    ckpt_state = tf.train.get_checkpoint_state(model_dir)
-    if ckpt_state is not None:
-      self.saver.set_last_checkpoints_with_time(
-          checkpoints.checkpoint_mtimes(ckpt_state.all_model_checkpoint_paths))
+  @tf.function
+  def train_loop(iterator, num_steps):
+    loss_sum, all_finite = tf.constant(0., tf.float32), tf.constant(True)
+    for _ in tf.range(num_steps):
+      # Steps are sequential by nature; never let two run the same kernels at once (see
+      # diffusion_base.timestep_loop).
+      tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+      step = state.global_step.read_value()  # the step this iteration trains
+      loss, gnorm, lr_t = strategy.run(replica_step, args=(next(iterator),))
+      loss, gnorm, lr_t = (strategy.experimental_local_results(v)[0] for v in (loss, gnorm, lr_t))
+      tf.cond(tf.equal(step % summary_every, 0),
+              lambda: write_summaries(step, loss, gnorm, lr_t), lambda: tf.constant(False))
+      loss_sum += loss
+      all_finite = tf.logical_and(all_finite, tf.math.is_finite(loss))
+    return loss_sum / tf.cast(num_steps, tf.float32), all_finite
 
-  def save(self, step):
-    return checkpoints.saver_save(self.saver, self.prefix, global_step=step)
-
-
-# ----------------------------------------------------------------------------- kwargs.json
-
-# Arguments that may change between a run and its resumption without changing what is trained.
-RESUME_SAFE_KWARGS = frozenset({
-    'tpu_name', 'bucket_name_prefix', 'region', 'log_dir', 'tfds_data_dir', 'tfr_file', 'data_dir',
-    'max_steps', 'save_every_steps', 'save_checkpoints_secs', 'keep_checkpoint_max',
-    'iterations_per_loop', 'warm_start_model_dir', 'allow_kwargs_mismatch', 'num_sample_images',
-    'sample_steps', 'shuffle_buffer', 'seed', 'summary_every',
-})
+  return train_loop
 
 
-# Options added after runs had been recorded, with the behaviour a kwargs.json written before
-# them had (a script default may differ: run_digits now defaults to channels=1 and a linear
-# learning-rate schedule).
-RECORDED_BEFORE_OPTION_EXISTED = {'channels': 3, 'lr_schedule': 'constant'}
+def _replica_step_fn(state, settings, num_replicas):
+  """One step on one replica's batch: returns (mean loss over replicas, gradient norm, lr)."""
+  s = settings
+
+  def replica_step(batch):
+    ctx = tf.distribute.get_replica_context()
+    loss, grads = _loss_and_gradients(state.model, state.variables, batch, state.loss_scale)
+    grads, gnorm, grad_scale = _reduce_and_clip(ctx, grads, s.clip_mode, s.grad_clip, num_replicas)
+    step = state.global_step.read_value()
+    lr_t = utils.get_lr(s.lr, s.warmup, step, s.lr_schedule, s.total_steps)
+    _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, s.ema_decay)
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), gnorm, lr_t
+
+  return replica_step
 
 
-def with_older_defaults(recorded, keys):
-  """``recorded`` (a kwargs.json) plus `RECORDED_BEFORE_OPTION_EXISTED` for those of ``keys``
-  it predates."""
-  older = {k: v for k, v in RECORDED_BEFORE_OPTION_EXISTED.items() if k in keys and k not in recorded}
-  return dict(older, **recorded)
+def _loss_and_gradients(model, variables, batch, loss_scale):
+  """The model's loss on ``batch`` and its gradients; with a `DynamicLossScale` the gradients
+  are taken of the scaled loss (so small float16 values survive) and unscaled afterwards."""
+  x = normalize_data(tf.cast(batch['image'], tf.float32))
+  with tf.GradientTape() as tape:
+    loss = model.train_fn(x, batch['label'])['loss']
+    scaled_loss = loss if loss_scale is None else loss * loss_scale.scale
+  grads = tape.gradient(scaled_loss, variables)
+  if loss_scale is not None:
+    inv_scale = 1. / loss_scale.scale.read_value()
+    grads = [g * inv_scale for g in grads]
+  return loss, grads
 
 
-class KwargsMismatchError(UserError, ValueError):
-  pass
+def _reduce_and_clip(ctx, grads, clip_mode, grad_clip, num_replicas):
+  """All-reduces one replica's gradients. Returns (grads, gnorm, grad_scale): ``'global'``
+  leaves the clipping factor to the update (``grad_scale``, one pass with Adam, see
+  `apply_update`); ``'per_replica'`` clips each replica's gradient of loss/num_replicas at
+  grad_clip/num_replicas before summing, as the original on TPU (§9.6)."""
+  if clip_mode == 'per_replica':
+    grads = [g / num_replicas for g in grads]
+    gnorm = tf.linalg.global_norm(grads)
+    grads, _ = tf.clip_by_global_norm(grads, grad_clip / num_replicas, use_norm=gnorm)
+    grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    gnorm = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, gnorm)
+    return grads, gnorm, None
+  grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+  gnorm = tf.linalg.global_norm(grads)
+  return grads, gnorm, clip_scale(gnorm, grad_clip)
 
 
-def load_train_kwargs(model_dir):
-  """The run's kwargs.json; `DamagedFileError` if it is not valid JSON."""
-  path = os.path.join(model_dir, 'kwargs.json')
-  try:
-    return utils.read_json(path)
-  except ValueError as e:
-    raise DamagedFileError(
-        f'{path} is not valid JSON ({e}); it records the settings of the run in {model_dir}. '
-        f'Repair it (a kwargs.json.*.bak beside it may hold a previous copy), or use another '
-        f'--exp_name or --log_dir.') from None
+def _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, ema_decay):
+  """The optimizer step, the EMA and ``global_step += 1``; under loss scaling only if the
+  gradients are finite (an overflowing float16 step is skipped and lowers the scale)."""
+
+  def update():
+    # EMA after the optimizer step; decay ~0 at step 0 copies the weights.
+    apply_update(state.optimizer, grads, state.variables, state.ema_shadows, lr_t,
+                 tf.where(step < 1, 1e-10, ema_decay), grad_scale)
+    tf.raw_ops.AssignAddVariableOp(resource=state.global_step.handle,
+                                   value=tf.constant(1, tf.int64))
+    return tf.constant(True)
+
+  if state.loss_scale is None:
+    update()
+  else:
+    finite = tf.math.is_finite(gnorm)
+    tf.cond(finite, update, lambda: tf.constant(False))
+    state.loss_scale.update(finite)
 
 
-class RunDirectoryBusyError(UserError, RuntimeError):
-  pass
+def _summaries_fn(state, writer):
+  """``write_summaries(step, loss, gnorm, lr)``: the ``train/*`` scalars, from inside the loop."""
 
+  def write_summaries(step, loss, gnorm, lr_t):
+    # 'train/' with a trailing slash is an absolute scope: inside the loop's cond the tags
+    # would otherwise become 'while/cond/train/loss'.
+    with writer.as_default(step=step), tf.name_scope('train/'):
+      tf.summary.scalar('loss', loss)
+      tf.summary.scalar('gnorm', gnorm)
+      tf.summary.scalar('pnorm', utils.rms(state.variables))
+      tf.summary.scalar('lr', lr_t)
+      if state.loss_scale is not None:
+        tf.summary.scalar('loss_scale', state.loss_scale.scale)
+    return tf.constant(True)
 
-LOCK_FILE = 'train.lock'
-
-
-def _pid_alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def acquire_run_lock(model_dir, log_fn=utils.log):
-  """Claims ``<model_dir>/train.lock`` so that two trainings never write the same run.
-
-  The lock names the owner's host and pid. A lock left by a process that no longer runs on
-  this host (a crash, a kill -9), or by this very process (an earlier call in a notebook), is
-  taken over. Local directories only: gs:// has no atomic create-if-absent through gfile.
-  Returns a function that releases the lock.
-  """
-  if '://' in model_dir:
-    return lambda: None
-  path = os.path.join(model_dir, LOCK_FILE)
-  me = {'host': socket.gethostname(), 'pid': os.getpid()}
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        with open(path) as f:
-          owner = json.load(f)
-      except (OSError, ValueError):  # unreadable: refused below, the message names the file
-        owner = {}
-      same_host = owner.get('host') == me['host']
-      pid = owner.get('pid')
-      if same_host and isinstance(pid, int) and (pid == me['pid'] or not _pid_alive(pid)):
-        if pid != me['pid']:
-          log_fn(f'Taking over {path} left by pid {pid}, which no longer runs')
-        os.remove(path)
-        continue
-      raise RunDirectoryBusyError(
-          f'{model_dir} is being trained by another process ({path}: host '
-          f'{owner.get("host")!r}, pid {pid}). Wait for it to finish, use another --exp_name or '
-          f'--log_dir, or delete {path} if that process is gone.')
-    with os.fdopen(fd, 'w') as f:
-      json.dump(me, f)
-
-    def release():
-      try:
-        with open(path) as f:
-          mine = json.load(f).get('pid') == me['pid']
-        if mine:
-          os.remove(path)
-      except (OSError, ValueError):
-        pass  # already gone
-    return release
-  raise RunDirectoryBusyError(f'could not claim {path}')
-
-
-def _check_and_write_kwargs(model_dir, kwargs, allow_mismatch, log_fn=utils.log):
-  path = os.path.join(model_dir, 'kwargs.json')
-  kwargs = _jsonable(kwargs)
-  if tf.io.gfile.exists(path):
-    if not integrity.checkpoint_prefixes(model_dir):
-      # A start that failed before its first checkpoint is not a run to protect.
-      try:
-        recorded = load_train_kwargs(model_dir)
-      except DamagedFileError:
-        recorded = None
-      if recorded != kwargs:
-        log_fn(f'{path} records other settings but {model_dir} holds no checkpoint: replacing '
-               f'it with these settings')
-    else:
-      recorded = load_train_kwargs(model_dir)
-      old = with_older_defaults(recorded, kwargs)
-      diff = sorted(k for k in set(old) | set(kwargs)
-                    if k not in RESUME_SAFE_KWARGS and old.get(k) != kwargs.get(k))
-      if diff and not allow_mismatch:
-        lines = '\n'.join(f'  {k}: existing {old.get(k)!r}, now {kwargs.get(k)!r}' for k in diff)
-        raise KwargsMismatchError(
-            f'{path} records a run with different settings:\n{lines}\nUse another --exp_name or '
-            f'--log_dir, or pass --allow_kwargs_mismatch to continue this run with the new settings.')
-    if recorded == kwargs:
-      return
-    # Keep the previous record rather than overwrite it.
-    utils.atomic_write(f'{path}.{time.strftime("%Y%m%d-%H%M%S")}.bak',
-                       tf.io.gfile.GFile(path, 'rb').read())
-  utils.write_json(path, kwargs)
-
-
-def _jsonable(obj):
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, (np.integer, np.floating)):
-    return obj.item()
-  return obj
+  return write_summaries
 
 
 # ----------------------------------------------------------------------------- the loop
-
-class _StopRequest:
-  """SIGTERM / SIGINT set a flag: the loop saves a checkpoint and returns. A second
-  SIGINT interrupts at once."""
-
-  def __init__(self):
-    self.signum = None
-    self._old = {}
-
-  def __enter__(self):
-    try:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    except ValueError:  # not the main thread: no signal handling
-      pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-    print(f'\nReceived signal {signum}: saving a checkpoint and stopping after the current steps.',
-          flush=True)
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
-def _format_eta(seconds):
-  if not math.isfinite(seconds):
-    return '-'
-  seconds = int(seconds)
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
-
-
-UNBOUNDED_STEPS = int(1e10)  # max_steps when none is given: the original trained until stopped
-
 
 def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, warmup, grad_clip,
                  ema_decay=0.9999, tpu=None, zone=None, project=None, log_dir, exp_name,
@@ -554,187 +465,138 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   Steps run ``strategy.run`` inside one `tf.function` call of at most
   ``iterations_per_loop`` steps, sized to take about ``max_seconds_per_loop`` so that
   signals and checkpoint intervals are honoured promptly. Returns the `TrainState` (with
-  ``model_dir`` and ``strategy`` set).
+  ``model_dir``, ``strategy`` and ``stopped_by_signal`` set).
   """
-  if clip_mode not in CLIP_MODES:
-    raise ValueError(f'clip_mode={clip_mode!r}; expected one of {CLIP_MODES}')
-  if loss_scale not in (None, 'dynamic'):
-    raise ValueError(f"loss_scale={loss_scale!r}; expected None or 'dynamic'")
-  total_steps = None if max_steps >= UNBOUNDED_STEPS else max_steps
-  utils.check_lr_schedule(lr_schedule, total_steps)  # before any work
+  settings = TrainSettings(  # checks the values before any work
+      optimizer=optimizer, lr=lr, warmup=warmup, grad_clip=grad_clip, total_bs=total_bs,
+      ema_decay=ema_decay, max_steps=max_steps, lr_schedule=lr_schedule, clip_mode=clip_mode,
+      loss_scale=loss_scale, seed=seed, keep_checkpoint_max=keep_checkpoint_max,
+      save_checkpoints_secs=save_checkpoints_secs, save_every_steps=save_every_steps,
+      iterations_per_loop=iterations_per_loop, summary_every=summary_every,
+      max_seconds_per_loop=max_seconds_per_loop, allow_kwargs_mismatch=allow_kwargs_mismatch)
   strategy = strategy or resolve_strategy(tpu, zone, project)
-  num_replicas = strategy.num_replicas_in_sync
-  if total_bs % num_replicas:
-    raise ValueError(f'total_bs={total_bs} is not divisible by the {num_replicas} replicas')
-  local_bs = total_bs // num_replicas
-  chief = _is_chief(strategy)
-
   model_dir = os.path.join(log_dir, date_str or time.strftime('%Y-%m-%d'), exp_name)
-  tf.io.gfile.makedirs(model_dir)
-  release_lock = acquire_run_lock(model_dir, log_fn) if chief else (lambda: None)
-  # Released however the run ends (NaN stop, refused kwargs, Ctrl-C in a notebook), so the
-  # next training of this directory is never refused because of this process.
-  try:
-    if dump_kwargs is not None and chief:
-      _check_and_write_kwargs(model_dir, dump_kwargs, allow_kwargs_mismatch, log_fn)
+  return _train(model_constructor, train_input_fn, settings, strategy, model_dir,
+                dump_kwargs=dump_kwargs, warm_start_from=warm_start_from, log_fn=log_fn)
+
+
+def _train(model_constructor, train_input_fn, settings, strategy, model_dir, *, dump_kwargs,
+           warm_start_from, log_fn):
+  """`run_training` once its arguments are checked: wires the run directory, the state and the
+  compiled step together, then runs `_loop`. The run lock is held from before the first file
+  it writes until it returns or raises."""
+  num_replicas = strategy.num_replicas_in_sync
+  if settings.total_bs % num_replicas:
+    raise ValueError(f'total_bs={settings.total_bs} is not divisible by the {num_replicas} replicas')
+  with RunDirectory(model_dir, chief=_is_chief(strategy), log_fn=log_fn,
+                    keep_checkpoint_max=settings.keep_checkpoint_max,
+                    allow_kwargs_mismatch=settings.allow_kwargs_mismatch) as run_dir:
+    run_dir.record_kwargs(dump_kwargs)
     log_fn(f'model_dir: {model_dir}')
-
-    if seed is not None:
-      tf.random.set_seed(seed)  # the initial weights
-    with strategy.scope():
-      model = model_constructor()
-      state = TrainState(model, optimizer, ema_decay, loss_scale)
-    variables = state.variables
-    log_fn(f'num params: {sum(v.shape.num_elements() for v in variables):,} '
-           f'in {len(variables)} variables; {num_replicas} replica(s), {local_bs} examples each')
-
-    # Resume, or warm-start a new run.
-    latest = integrity.newest_intact_checkpoint(model_dir, log_fn, set_aside_damaged=chief)
-    if latest:
-      missing = state.restore(latest)
-      if missing:
-        raise ValueError(f'{latest} lacks {len(missing)} training variables, e.g. {missing[:5]}')
-      log_fn(f'Resuming from {latest} (step {int(state.global_step.numpy())})')
-    elif warm_start_from:
-      ckpt = integrity.checkpoint_to_read(warm_start_from, '--warm_start_model_dir', log_fn)
-      missing = state.restore(ckpt, include_step=False)
-      log_fn(f'Warm-started from {ckpt}' + (f' ({len(missing)} variables not in it kept their '
-                                             f'initial values)' if missing else ''))
-    saver = _Saver(state, model_dir, keep_checkpoint_max) if chief else None
-    if seed is not None:
+    state = _build_state(model_constructor, strategy, settings, log_fn)
+    run_dir.restore(state, warm_start_from)
+    if settings.seed is not None:
       # Data order, timesteps and noise: seeded by (seed, step), so a resumed run does not
       # replay the stream it started with.
-      tf.random.set_seed(seed + int(state.global_step.numpy()))
-
-    def dataset_fn(ctx):
-      ds = train_input_fn({'batch_size': ctx.get_per_replica_batch_size(total_bs)})
-      return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx.num_input_pipelines > 1 else ds
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-    def replica_step(batch):
-      ctx = tf.distribute.get_replica_context()
-      x = normalize_data(tf.cast(batch['image'], tf.float32))
-      loss_scale = state.loss_scale
-      with tf.GradientTape() as tape:
-        loss = model.train_fn(x, batch['label'])['loss']
-        scaled_loss = loss if loss_scale is None else loss * loss_scale.scale
-      grads = tape.gradient(scaled_loss, variables)
-      if loss_scale is not None:
-        inv_scale = 1. / loss_scale.scale.read_value()
-        grads = [g * inv_scale for g in grads]
-      if clip_mode == 'per_replica':
-        grads = [g / num_replicas for g in grads]
-        gnorm = tf.linalg.global_norm(grads)
-        grads, _ = tf.clip_by_global_norm(grads, grad_clip / num_replicas, use_norm=gnorm)
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        gnorm = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, gnorm)
-        grad_scale = None
-      else:  # the clipping factor is applied inside the update (one pass with Adam, see apply_update)
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
-        gnorm = tf.linalg.global_norm(grads)
-        grad_scale = clip_scale(gnorm, grad_clip)
-      step = state.global_step.read_value()
-      lr_t = utils.get_lr(lr, warmup, step, lr_schedule, total_steps)
-
-      def update():
-        # EMA after the optimizer step; decay ~0 at step 0 copies the weights.
-        apply_update(state.optimizer, grads, variables, state.ema_shadows, lr_t,
-                     tf.where(step < 1, 1e-10, ema_decay), grad_scale)
-        tf.raw_ops.AssignAddVariableOp(resource=state.global_step.handle,
-                                       value=tf.constant(1, tf.int64))
-        return tf.constant(True)
-
-      if loss_scale is None:
-        update()
-      else:  # float16: an overflowing step is skipped and lowers the scale
-        finite = tf.math.is_finite(gnorm)
-        tf.cond(finite, update, lambda: tf.constant(False))
-        loss_scale.update(finite)
-      return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), gnorm, lr_t
-
-    writer = tf.summary.create_file_writer(model_dir if chief else os.path.join(model_dir, 'worker_tmp'))
-
-    def write_summaries(step, loss, gnorm, lr_t):
-      # 'train/' with a trailing slash is an absolute scope: inside the loop's cond the tags
-      # would otherwise become 'while/cond/train/loss'.
-      with writer.as_default(step=step), tf.name_scope('train/'):
-        tf.summary.scalar('loss', loss)
-        tf.summary.scalar('gnorm', gnorm)
-        tf.summary.scalar('pnorm', utils.rms(variables))
-        tf.summary.scalar('lr', lr_t)
-        if state.loss_scale is not None:
-          tf.summary.scalar('loss_scale', state.loss_scale.scale)
-      return tf.constant(True)
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-      loss_sum, all_finite = tf.constant(0., tf.float32), tf.constant(True)
-      for _ in tf.range(num_steps):
-        # Steps are sequential by nature; never let two run the same kernels at once (see
-        # diffusion_base.timestep_loop).
-        tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-        step = state.global_step.read_value()  # the step this iteration trains
-        loss, gnorm, lr_t = strategy.run(replica_step, args=(next(iterator),))
-        loss, gnorm, lr_t = (strategy.experimental_local_results(v)[0] for v in (loss, gnorm, lr_t))
-        tf.cond(tf.equal(step % summary_every, 0),
-                lambda: write_summaries(step, loss, gnorm, lr_t), lambda: tf.constant(False))
-        loss_sum += loss
-        all_finite = tf.logical_and(all_finite, tf.math.is_finite(loss))
-      return loss_sum / tf.cast(num_steps, tf.float32), all_finite
-
-    step = int(state.global_step.numpy())
-    start_step, t_start, last_save_time = step, time.time(), time.time()
-    steps_per_call, rate = 1, float('nan')
-    saved_step = step if latest else None
-
-    def save(reason):
-      nonlocal last_save_time, saved_step
-      if saver is None or saved_step == step:
-        return
-      path = saver.save(step)
-      writer.flush()
-      last_save_time, saved_step = time.time(), step
-      log_fn(f'Saved {path} ({reason})')
-
-    with _StopRequest() as stop:
-      while step < max_steps and stop.signum is None:
-        n = min(steps_per_call, iterations_per_loop, max_steps - step)
-        if save_every_steps:
-          n = min(n, save_every_steps - step % save_every_steps)
-        t0 = time.time()
-        mean_loss, finite = train_loop(iterator, tf.constant(n, tf.int32))
-        mean_loss, finite = float(mean_loss), bool(finite)
-        step = int(state.global_step.numpy())
-        if not finite:
-          raise FloatingPointError(
-              f'Non-finite loss ({mean_loss}) between steps {step - n} and {step}; stopping without '
-              f'saving. The last good checkpoint in {model_dir} is intact '
-              f'({tf.train.latest_checkpoint(model_dir) or "none yet"}). Try a lower --lr or --grad_clip.')
-        dt = time.time() - t0
-        # The first call includes tracing; size later calls from the measured rate.
-        if step - n != start_step or n > 1:
-          rate = n / dt
-          steps_per_call = max(1, min(iterations_per_loop, int(rate * max_seconds_per_loop)))
-        with writer.as_default(step=step):
-          if math.isfinite(rate):
-            tf.summary.scalar('train/steps_per_sec', rate)
-        eta = (max_steps - step) / rate if max_steps < 1e9 and math.isfinite(rate) else float('nan')
-        rate_text = f'{rate:.2f} steps/s' if math.isfinite(rate) else '(tracing)'
-        scale_text = '' if state.loss_scale is None else (
-            f'  loss scale {state.loss_scale.scale.numpy():g}'
-            f' ({int(state.loss_scale.skipped.numpy())} steps skipped)')
-        log_fn(f'step {step}' + (f'/{max_steps}' if max_steps < 1e9 else '')
-               + f'  loss {mean_loss:.5f}  {rate_text}  ETA {_format_eta(eta)}{scale_text}')
-        if save_every_steps and step % save_every_steps == 0:
-          save(f'every {save_every_steps} steps')
-        elif time.time() - last_save_time >= save_checkpoints_secs:
-          save(f'every {save_checkpoints_secs} s')
-      save('signal' if stop.signum is not None else 'end of training')
-    writer.flush()
-    log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
-           f'checkpoint {tf.train.latest_checkpoint(model_dir)}; logs {model_dir}')
+      tf.random.set_seed(settings.seed + int(state.global_step.numpy()))
+    iterator = iter(strategy.distribute_datasets_from_function(
+        _dataset_fn(train_input_fn, settings.total_bs)))
+    train_loop = make_train_step(state, strategy, settings, run_dir.open_summary_writer())
+    stopped_by_signal = _loop(train_loop, iterator, state, run_dir, settings, log_fn)
     state.model_dir, state.strategy = model_dir, strategy
-    state.stopped_by_signal = stop.signum
+    state.stopped_by_signal = stopped_by_signal
     return state
-  finally:
-    release_lock()
+
+
+def _build_state(model_constructor, strategy, settings, log_fn):
+  """The model and its `TrainState` under ``strategy`` (``settings.seed``, if any, fixes the
+  initial weights)."""
+  if settings.seed is not None:
+    tf.random.set_seed(settings.seed)  # the initial weights
+  with strategy.scope():
+    model = model_constructor()
+    state = TrainState(model, settings.optimizer, settings.ema_decay, settings.loss_scale)
+  num_replicas = strategy.num_replicas_in_sync
+  log_fn(f'num params: {sum(v.shape.num_elements() for v in state.variables):,} '
+         f'in {len(state.variables)} variables; {num_replicas} replica(s), '
+         f'{settings.total_bs // num_replicas} examples each')
+  return state
+
+
+def _dataset_fn(train_input_fn, total_bs):
+  """For `distribute_datasets_from_function`: each input pipeline batches for its replicas
+  and, when there are several (multi-worker), reads its own shard."""
+
+  def dataset_fn(ctx):
+    ds = train_input_fn({'batch_size': ctx.get_per_replica_batch_size(total_bs)})
+    return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx.num_input_pipelines > 1 else ds
+
+  return dataset_fn
+
+
+def _loop(train_loop, iterator, state, run_dir, settings, log_fn):
+  """Calls ``train_loop`` until ``max_steps`` or SIGTERM / SIGINT, logging a progress line per
+  call and saving every ``save_every_steps`` steps or ``save_checkpoints_secs`` seconds, and
+  at the end. A non-finite loss stops it without saving (`FloatingPointError`). Returns the
+  signal that stopped it, or None."""
+  s = settings
+  step = int(state.global_step.numpy())
+  start_step, t_start = step, time.time()
+  run_dir.start_save_clock()
+  steps_per_call, rate = 1, float('nan')
+  with run_dir.stop_request() as stop:
+    while step < s.max_steps and stop.signum is None:
+      n = _steps_this_call(step, steps_per_call, s)
+      t0 = time.time()
+      mean_loss, finite = train_loop(iterator, tf.constant(n, tf.int32))
+      mean_loss, finite = float(mean_loss), bool(finite)
+      step = int(state.global_step.numpy())
+      if not finite:
+        raise FloatingPointError(
+            f'Non-finite loss ({mean_loss}) between steps {step - n} and {step}; stopping without '
+            f'saving. The last good checkpoint in {run_dir.path} is intact '
+            f'({run_dir.latest_checkpoint() or "none yet"}). Try a lower --lr or --grad_clip.')
+      dt = time.time() - t0
+      # The first call includes tracing; size later calls from the measured rate.
+      if step - n != start_step or n > 1:
+        rate = n / dt
+        steps_per_call = max(1, min(s.iterations_per_loop, int(rate * s.max_seconds_per_loop)))
+      with run_dir.writer.as_default(step=step):
+        if math.isfinite(rate):
+          tf.summary.scalar('train/steps_per_sec', rate)
+      log_fn(_progress_line(step, s.max_steps, mean_loss, rate, state.loss_scale))
+      if s.save_every_steps and step % s.save_every_steps == 0:
+        run_dir.save(step, f'every {s.save_every_steps} steps')
+      elif run_dir.seconds_since_save() >= s.save_checkpoints_secs:
+        run_dir.save(step, f'every {s.save_checkpoints_secs} s')
+    run_dir.save(step, 'signal' if stop.signum is not None else 'end of training')
+  run_dir.writer.flush()
+  log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
+         f'checkpoint {run_dir.latest_checkpoint()}; logs {run_dir.path}')
+  return stop.signum
+
+
+def _steps_this_call(step, steps_per_call, settings):
+  """The next call's step count: the size the measured rate allows, at most
+  ``iterations_per_loop``, never past ``max_steps`` or the next multiple of ``save_every_steps``."""
+  n = min(steps_per_call, settings.iterations_per_loop, settings.max_steps - step)
+  if settings.save_every_steps:
+    n = min(n, settings.save_every_steps - step % settings.save_every_steps)
+  return n
+
+
+def _progress_line(step, max_steps, mean_loss, rate, loss_scale):
+  """``step 120/1000  loss 0.03125  2.50 steps/s  ETA 0:06:00`` (+ the loss scale under float16)."""
+  eta = (max_steps - step) / rate if max_steps < 1e9 and math.isfinite(rate) else float('nan')
+  rate_text = f'{rate:.2f} steps/s' if math.isfinite(rate) else '(tracing)'
+  scale_text = '' if loss_scale is None else (
+      f'  loss scale {loss_scale.scale.numpy():g} ({int(loss_scale.skipped.numpy())} steps skipped)')
+  return (f'step {step}' + (f'/{max_steps}' if max_steps < 1e9 else '')
+          + f'  loss {mean_loss:.5f}  {rate_text}  ETA {_format_eta(eta)}{scale_text}')
+
+
+def _format_eta(seconds):
+  if not math.isfinite(seconds):
+    return '-'
+  seconds = int(seconds)
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
