@@ -151,7 +151,7 @@ class DiffusionTables:
     posterior_mean = ex(self.posterior_mean_coef1) * x_start + ex(self.posterior_mean_coef2) * x_t
     return posterior_mean, ex(self.posterior_variance), ex(self.posterior_log_variance_clipped)
 
-  def _predict_xstart_from_eps(self, x_t, t, eps, method='predict_start_from_noise'):
+  def _predict_xstart_from_eps(self, x_t, t, eps, method='_predict_xstart_from_eps'):
     """x_0 predicted from the noise ``eps`` in x_t [B, ...] at timesteps ``t``."""
     x_t = self._images(x_t, method, 'x_t')
     eps = self._like(eps, x_t, method, 'noise')

@@ -36,7 +36,7 @@ class GaussianDiffusion(DiffusionTables):
 
   def predict_start_from_noise(self, x_t, t, noise):
     """x_0 predicted from the noise in x_t [B, ...] at timesteps ``t``; same shape as x_t."""
-    return self._predict_xstart_from_eps(x_t, t, noise)
+    return self._predict_xstart_from_eps(x_t, t, noise, method='predict_start_from_noise')
 
   def _check_loss_type(self):
     if self.loss_type not in LOSS_TYPES:
