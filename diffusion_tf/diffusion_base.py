@@ -10,6 +10,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from . import inputs
+
 BETA_SCHEDULES = ('quad', 'linear', 'warmup10', 'warmup50', 'const', 'jsd')
 
 
@@ -95,10 +97,35 @@ class DiffusionTables:
     out = tf.gather(tf.constant(np.asarray(a), dtype=dtype), t)
     return tf.reshape(out, [-1] + [1] * (len(x_shape) - 1))
 
+  # --------------------------------------------------------------------------- inputs
+  # The public methods take NumPy arrays and Python numbers as well as tensors (see
+  # `diffusion_tf.inputs`): tensors pass through untouched, so inside the compiled loops these
+  # checks run once at trace time and add no ops.
+
+  def _images(self, x, method, what='x', rank=None):
+    """``x`` as a float [B, ...] tensor (NumPy / Python values become float32)."""
+    expected = '[B, H, W, C] (float)' if rank == 4 else '[B, ...] (float)'
+    return inputs.float_images(x, owner=f'{type(self).__name__}.{method}', expected=expected,
+                               what=what, rank=rank)
+
+  def _like(self, y, x, method, what):
+    """``y`` (noise, x_t, eps) as a float tensor of ``x``'s shape."""
+    return inputs.like_images(y, x, owner=f'{type(self).__name__}.{method}', what=what)
+
+  def _timesteps(self, t, x, method):
+    """``t`` as an int [B] tensor of indices in [0, T) for ``x`` [B, ...]; a scalar is repeated."""
+    return inputs.timesteps(t, x, owner=f'{type(self).__name__}.{method}',
+                            num_timesteps=self.num_timesteps)
+
+  def _sample_shape(self, shape, method):
+    return inputs.sample_shape(shape, owner=f'{type(self).__name__}.{method}')
+
   # --------------------------------------------------------------------------- forward process
 
   def q_mean_variance(self, x_start, t):
     """Mean [B,H,W,C], variance and log-variance [B,1,1,1] of q(x_t | x_0)."""
+    x_start = self._images(x_start, 'q_mean_variance', 'x_start')
+    t = self._timesteps(t, x_start, 'q_mean_variance')
     mean = self._extract(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
     variance = self._extract(1. - self.alphas_cumprod, t, x_start.shape, x_start.dtype)
     log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype)
@@ -106,22 +133,29 @@ class DiffusionTables:
 
   def q_sample(self, x_start, t, noise=None):
     """Diffuse the data: a sample of q(x_t | x_0), same shape as ``x_start``."""
+    x_start = self._images(x_start, 'q_sample', 'x_start')
+    t = self._timesteps(t, x_start, 'q_sample')
     if noise is None:
       noise = tf.random.normal(shape=tf.shape(x_start), dtype=x_start.dtype)
-    assert noise.shape == x_start.shape
+    noise = self._like(noise, x_start, 'q_sample', 'noise')
     return (self._extract(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
             + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype)
             * noise)
 
   def q_posterior_mean_variance(self, x_start, x_t, t):
     """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-    assert x_start.shape == x_t.shape
+    x_t = self._images(x_t, 'q_posterior_mean_variance', 'x_t')
+    x_start = self._like(x_start, x_t, 'q_posterior_mean_variance', 'x_start')
+    t = self._timesteps(t, x_t, 'q_posterior_mean_variance')
     ex = functools.partial(self._extract, t=t, x_shape=x_t.shape, dtype=x_t.dtype)
     posterior_mean = ex(self.posterior_mean_coef1) * x_start + ex(self.posterior_mean_coef2) * x_t
     return posterior_mean, ex(self.posterior_variance), ex(self.posterior_log_variance_clipped)
 
-  def _predict_xstart_from_eps(self, x_t, t, eps):
-    assert x_t.shape == eps.shape
+  def _predict_xstart_from_eps(self, x_t, t, eps, method='_predict_xstart_from_eps'):
+    """x_0 predicted from the noise ``eps`` in x_t [B, ...] at timesteps ``t``."""
+    x_t = self._images(x_t, method, 'x_t')
+    eps = self._like(eps, x_t, method, 'noise')
+    t = self._timesteps(t, x_t, method)
     return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape, x_t.dtype) * x_t
             - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape, x_t.dtype) * eps)
 

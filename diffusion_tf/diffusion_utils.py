@@ -2,13 +2,15 @@
 CelebA-HQ and LSUN models: the network predicts the noise ('noisepred') and sampling uses
 the posterior variance beta~_t, with the log-variance floored at log(1e-20) at t = 0.
 
-Images are float [B, H, W, C] in [-1, 1]; ``t`` is an int [B] of 0-based timesteps.
+Images are float [B, H, W, C] in [-1, 1]; ``t`` is an int [B] of 0-based timesteps. The
+methods also take NumPy arrays and Python numbers (images become float32, a scalar ``t`` is
+used for the whole batch) and raise a ValueError naming what was expected for wrong shapes.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from . import nn
+from . import inputs, nn
 from .diffusion_base import (BETA_SCHEDULES, DiffusionTables, get_beta_schedule, noise_like,
                              normal_kl, timestep_loop)
 
@@ -33,20 +35,25 @@ class GaussianDiffusion(DiffusionTables):
     return self.q_posterior_mean_variance(x_start, x_t, t)
 
   def predict_start_from_noise(self, x_t, t, noise):
-    return self._predict_xstart_from_eps(x_t, t, noise)
+    """x_0 predicted from the noise in x_t [B, ...] at timesteps ``t``; same shape as x_t."""
+    return self._predict_xstart_from_eps(x_t, t, noise, method='predict_start_from_noise')
 
   def _check_loss_type(self):
     if self.loss_type not in LOSS_TYPES:
       raise NotImplementedError(f"loss_type={self.loss_type!r}: v1 diffusion supports only 'noisepred'")
 
   def p_losses(self, denoise_fn, x_start, t, noise=None):
-    """Noise-prediction MSE per example, [B]."""
+    """Noise-prediction MSE per example, [B], for x_start [B, H, W, C] at timesteps ``t``."""
     self._check_loss_type()
+    x_start = self._images(x_start, 'p_losses', 'x_start', rank=4)
+    t = self._timesteps(t, x_start, 'p_losses')
     B, H, W, C = x_start.shape
-    assert t.shape == [B]
     if noise is None:
       noise = tf.random.normal(shape=tf.shape(x_start), dtype=x_start.dtype)
-    assert noise.shape == x_start.shape and noise.dtype == x_start.dtype
+    noise = self._like(noise, x_start, 'p_losses', 'noise')
+    if noise.dtype != x_start.dtype:
+      raise ValueError(f'GaussianDiffusion.p_losses expects noise of x_start\'s dtype '
+                       f'{x_start.dtype.name}; got {noise.dtype.name}')
     x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
     x_recon = denoise_fn(x_noisy, t)
     assert x_noisy.shape == x_start.shape
@@ -57,8 +64,10 @@ class GaussianDiffusion(DiffusionTables):
     return losses
 
   def p_mean_variance(self, denoise_fn, *, x, t, clip_denoised: bool):
-    """Mean, posterior variance and clipped log-variance of p(x_{t-1} | x_t)."""
+    """Mean, posterior variance and clipped log-variance of p(x_{t-1} | x_t), x [B, H, W, C]."""
     self._check_loss_type()
+    x = self._images(x, 'p_mean_variance', rank=4)
+    t = self._timesteps(t, x, 'p_mean_variance')
     x_recon = self.predict_start_from_noise(x, t=t, noise=denoise_fn(x, t))
     if clip_denoised:
       x_recon = tf.clip_by_value(x_recon, -1., 1.)
@@ -70,6 +79,8 @@ class GaussianDiffusion(DiffusionTables):
   def p_sample(self, denoise_fn, *, x, t, noise_fn, clip_denoised=True, repeat_noise=False):
     """One ancestral step x_t -> x_{t-1}; no noise where t == 0; ``repeat_noise`` shares
     one noise draw across the batch."""
+    x = self._images(x, 'p_sample', rank=4)
+    t = self._timesteps(t, x, 'p_sample')
     model_mean, _, model_log_variance = self.p_mean_variance(denoise_fn, x=x, t=t,
                                                              clip_denoised=clip_denoised)
     noise = noise_like(x.shape, noise_fn, repeat_noise, dtype=x.dtype)
@@ -79,8 +90,8 @@ class GaussianDiffusion(DiffusionTables):
 
   def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal):
     """T ancestral steps from x_T ~ N(0, I). Returns [B, H, W, C], not clipped."""
-    assert isinstance(shape, (tuple, list))
-    return self._run_compiled(self._p_sample_loop, (denoise_fn, tuple(shape), noise_fn), ())
+    shape = self._sample_shape(shape, 'p_sample_loop')
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn), ())
 
   def _p_sample_loop(self, denoise_fn, shape, noise_fn):
     def body(i, img):
@@ -98,9 +109,9 @@ class GaussianDiffusion(DiffusionTables):
     Returns (times int32 [T+1] = T-1, ..., 0, -1; imgs [T+1, B, H, W, C]) with
     ``imgs[k+1] = p_sample(imgs[k], t=times[k])``.
     """
-    assert isinstance(shape, (tuple, list))
+    shape = self._sample_shape(shape, 'p_sample_loop_trajectory')
     return self._run_compiled(self._p_sample_loop_trajectory,
-                              (denoise_fn, tuple(shape), noise_fn, repeat_noise_steps), ())
+                              (denoise_fn, shape, noise_fn, repeat_noise_steps), ())
 
   def _p_sample_loop_trajectory(self, denoise_fn, shape, noise_fn, repeat_noise_steps):
     T = self.num_timesteps
@@ -128,11 +139,11 @@ class GaussianDiffusion(DiffusionTables):
     them linearly with ``lam`` (scalar in [0, 1]) and denoises from ``t`` back to 0.
     Eager replacement for the original's placeholder-based graph. Returns [B, H, W, C].
     """
-    x1 = tf.convert_to_tensor(x1, tf.float32)
-    x2 = tf.convert_to_tensor(x2, tf.float32)
-    assert x1.shape == x2.shape
+    x1 = tf.convert_to_tensor(self._images(x1, 'interpolate', 'x1', rank=4), tf.float32)
+    x2 = tf.convert_to_tensor(self._like(x2, x1, 'interpolate', 'x2'), tf.float32)
+    t = inputs.timestep(t, owner='GaussianDiffusion.interpolate', num_timesteps=self.num_timesteps)
     return self._run_compiled(self._interpolate, (denoise_fn, noise_fn), (
-        x1, x2, tf.convert_to_tensor(lam, tf.float32), tf.convert_to_tensor(t, tf.int32)))
+        x1, x2, tf.convert_to_tensor(lam, tf.float32), t))
 
   def _interpolate(self, denoise_fn, noise_fn, x1, x2, lam, t):
     B = x1.shape[0]

@@ -2,7 +2,9 @@
 model mean / variance / loss. The CIFAR-10 recipe is ``eps`` / ``fixedlarge`` / ``mse``.
 
 All images are float [B, H, W, C] in [-1, 1]; ``t`` is an int [B] of 0-based timesteps;
-per-example results are [B]; likelihood terms are in bits per dimension.
+per-example results are [B]; likelihood terms are in bits per dimension. The methods also
+take NumPy arrays and Python numbers (images become float32, a scalar ``t`` is used for the
+whole batch) and raise a ValueError naming what was expected for wrong shapes.
 """
 
 import numpy as np
@@ -53,9 +55,10 @@ class GaussianDiffusion2(DiffusionTables):
   # === Reverse process ===
 
   def p_mean_variance(self, denoise_fn, *, x, t, clip_denoised: bool, return_pred_xstart: bool):
-    """Mean, variance, log-variance (and x0 prediction) of p(x_{t-1} | x_t)."""
+    """Mean, variance, log-variance (and x0 prediction) of p(x_{t-1} | x_t), x [B, H, W, C]."""
+    x = self._images(x, 'p_mean_variance', rank=4)
+    t = self._timesteps(t, x, 'p_mean_variance')
     B, H, W, C = x.shape
-    assert t.shape == [B]
     model_output = denoise_fn(x, t)
 
     # Learned or fixed variance?
@@ -94,7 +97,9 @@ class GaussianDiffusion2(DiffusionTables):
   # === Sampling ===
 
   def p_sample(self, denoise_fn, *, x, t, noise_fn, clip_denoised=True, return_pred_xstart: bool):
-    """One ancestral step x_t -> x_{t-1}; no noise is added where t == 0."""
+    """One ancestral step x_t -> x_{t-1} for x [B, H, W, C]; no noise is added where t == 0."""
+    x = self._images(x, 'p_sample', rank=4)
+    t = self._timesteps(t, x, 'p_sample')
     model_mean, _, model_log_variance, pred_xstart = self.p_mean_variance(
         denoise_fn, x=x, t=t, clip_denoised=clip_denoised, return_pred_xstart=True)
     noise = noise_fn(shape=x.shape, dtype=x.dtype)
@@ -106,8 +111,8 @@ class GaussianDiffusion2(DiffusionTables):
 
   def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal):
     """T ancestral steps from x_T ~ N(0, I). Returns [B, H, W, C], not clipped."""
-    assert isinstance(shape, (tuple, list))
-    return self._run_compiled(self._p_sample_loop, (denoise_fn, tuple(shape), noise_fn), ())
+    shape = self._sample_shape(shape, 'p_sample_loop')
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn), ())
 
   def _p_sample_loop(self, denoise_fn, shape, noise_fn):
     def body(i, img):
@@ -124,9 +129,9 @@ class GaussianDiffusion2(DiffusionTables):
     Returns (samples [B, H, W, C], xstartpreds [B, T // freq, H, W, C]); slot k holds
     the prediction made at t = freq * k, so slot 0 equals the final sample.
     """
-    assert isinstance(shape, (tuple, list))
+    shape = self._sample_shape(shape, 'p_sample_loop_progressive')
     return self._run_compiled(self._p_sample_loop_progressive,
-                              (denoise_fn, tuple(shape), noise_fn, include_xstartpred_freq), ())
+                              (denoise_fn, shape, noise_fn, include_xstartpred_freq), ())
 
   def _p_sample_loop_progressive(self, denoise_fn, shape, noise_fn, include_xstartpred_freq):
     num_recorded_xstartpred = self.num_timesteps // include_xstartpred_freq
@@ -168,11 +173,15 @@ class GaussianDiffusion2(DiffusionTables):
     return (output, pred_xstart) if return_pred_xstart else output
 
   def training_losses(self, denoise_fn, x_start, t, noise=None):
-    """Training loss per example, [B]."""
-    assert t.shape == [x_start.shape[0]]
+    """Training loss per example, [B], for x_start [B, ...] at timesteps ``t``."""
+    x_start = self._images(x_start, 'training_losses', 'x_start')
+    t = self._timesteps(t, x_start, 'training_losses')
     if noise is None:
       noise = tf.random.normal(shape=tf.shape(x_start), dtype=x_start.dtype)
-    assert noise.shape == x_start.shape and noise.dtype == x_start.dtype
+    noise = self._like(noise, x_start, 'training_losses', 'noise')
+    if noise.dtype != x_start.dtype:
+      raise ValueError(f'GaussianDiffusion2.training_losses expects noise of x_start\'s dtype '
+                       f'{x_start.dtype.name}; got {noise.dtype.name}')
     x_t = self.q_sample(x_start=x_start, t=t, noise=noise)
 
     if self.loss_type == 'kl':  # unclipped, unlike evaluation
@@ -207,6 +216,7 @@ class GaussianDiffusion2(DiffusionTables):
     Returns (total_bpd [B], terms_bpd [B, T], prior_bpd [B], mse [B, T]) with
     ``total_bpd = terms_bpd.sum(1) + prior_bpd``; mse is of the x0 prediction.
     """
+    x_start = self._images(x_start, 'calc_bpd_loop', 'x_start', rank=4)
     x_start = tf.convert_to_tensor(x_start, dtype=tf.float32)
     return self._run_compiled(self._calc_bpd_loop, (denoise_fn, clip_denoised), (x_start,))
 

@@ -359,24 +359,41 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
   C = x.shape[-1]
   if C is None or C % num_groups:
     raise ValueError(f'group_norm: {C} channels are not divisible into {num_groups} groups')
-  cg, in_dtype = C // num_groups, x.dtype
-  spatial = list(range(1, rank - 1))
   gamma = tf.convert_to_tensor(gamma, tf.float32)
   beta = tf.convert_to_tensor(beta, tf.float32)
   lib = fused_kernels_lib()
   if lib is not None:
-    @tf.custom_gradient
-    def _gn_fused(x, gamma, beta):
-      y, mean, rstd = lib.diffusion_group_norm(x, gamma, beta, num_groups=num_groups,
-                                               epsilon=eps, swish=swish)
+    return _group_norm_fused(x, gamma, beta, lib, num_groups=num_groups, eps=eps, swish=swish)
+  return _group_norm_composed(x, gamma, beta, num_groups=num_groups, eps=eps, swish=swish)
 
-      def grad(dout):
-        return lib.diffusion_group_norm_grad(dout, x, gamma, beta, mean, rstd,
-                                             num_groups=num_groups, swish=swish)
 
-      return y, grad
+def _group_norm_fused(x, gamma, beta, lib, *, num_groups, eps, swish):
+  """`group_norm` as the fused CPU kernels (`lib`): one forward and one gradient kernel.
 
-    return _gn_fused(x, gamma, beta)
+  x: [B, ..., C]; gamma, beta: float32 [C]. The kernels return the [B, G] mean and 1/std
+  with the output, and the gradient kernel recomputes the rest from x and those.
+  """
+  @tf.custom_gradient
+  def _gn_fused(x, gamma, beta):
+    y, mean, rstd = lib.diffusion_group_norm(x, gamma, beta, num_groups=num_groups,
+                                             epsilon=eps, swish=swish)
+
+    def grad(dout):
+      return lib.diffusion_group_norm_grad(dout, x, gamma, beta, mean, rstd,
+                                           num_groups=num_groups, swish=swish)
+
+    return y, grad
+
+  return _gn_fused(x, gamma, beta)
+
+
+def _group_norm_composed(x, gamma, beta, *, num_groups, eps, swish):
+  """`group_norm` from TF ops, with the closed-form gradient of `_group_norm_grad`.
+
+  x: [B, ..., C] of any float dtype; gamma, beta: float32 [C]. The forward pass folds
+  gamma/beta into one per-(example, channel) ``scale`` and ``shift`` ([B, 1, ..., 1, C]).
+  """
+  rank, cg, in_dtype = x.shape.rank, x.shape[-1] // num_groups, x.dtype
 
   @tf.custom_gradient
   def _gn(x, gamma, beta):
@@ -392,38 +409,54 @@ def group_norm(x, gamma, beta, *, num_groups=32, eps=1e-6, swish=False):
       y = tf.nn.silu(y)
 
     def grad(dout):
-      # Everything is recomputed from x (the input) and the [B, G] statistics. The control
-      # dependency keeps the graph executor from running the recomputation early (during
-      # the forward pass, since it does not depend on dout), which would keep the
-      # recomputed tensors alive and defeat the memory saving.
-      with tf.control_dependencies([dout]):
-        x32_ = tf.identity(x) if x.dtype == tf.float32 else tf.cast(x, tf.float32)
-      dy = tf.cast(dout, tf.float32)
-      if swish:
-        yy = x32_ * scale_b + shift_b
-        s = tf.sigmoid(yy)
-        # d/dy [y sigmoid(y)] = s + y s (1 - s)
-        dy = dy * s + tf.raw_ops.SigmoidGrad(y=s, dy=dy * yy)
-      # Per-(example, channel) sums over the spatial axes.
-      s1 = tf.reduce_sum(dy, spatial)  # sum dy
-      s2 = tf.reduce_sum(dy * x32_, spatial)  # sum dy * x
-      sum_dy_xhat = rstd_c * (s2 - mean_c * s1)  # sum dy * xhat
-      dgamma = tf.reduce_sum(sum_dy_xhat, 0)
-      dbeta = tf.reduce_sum(s1, 0)
-      # dx = rstd * (g dy - mean_group(g dy) - xhat * mean_group(g dy xhat)), g = gamma.
-      n = _group_size(x, cg)
-      a = _group_reduce(gamma * s1, num_groups, tf.reduce_sum) / n  # mean_group(g dy)
-      d = _group_reduce(gamma * sum_dy_xhat, num_groups, tf.reduce_sum) / n  # mean_group(g dy xhat)
-      coef_x = -rstd * rstd * d  # [B, G]
-      coef_0 = rstd * (mean * rstd * d - a)
-      coef_x, coef_0 = tf.repeat(coef_x, cg, axis=1), tf.repeat(coef_0, cg, axis=1)
-      dx = (dy * _expand_dims_to(rstd_c * gamma, rank)
-            + (x32_ * _expand_dims_to(coef_x, rank) + _expand_dims_to(coef_0, rank)))
-      return tf.cast(dx, in_dtype), dgamma, dbeta
+      # The forward pass's own tensors (not recomputed ones): the graph stays as it was.
+      return _group_norm_grad(dout, x, gamma, (mean, rstd, mean_c, rstd_c), (scale_b, shift_b),
+                              num_groups=num_groups, swish=swish)
 
     return tf.cast(y, in_dtype), grad
 
   return _gn(x, gamma, beta)
+
+
+def _group_norm_grad(dout, x, gamma, stats, affine, *, num_groups, swish):
+  """(dx, dgamma, dbeta) of `_group_norm_composed` for the output gradient ``dout``.
+
+  stats: the forward pass's (mean, rstd) [B, G] and (mean_c, rstd_c) [B, C] (repeated per
+  channel); affine: its (scale_b, shift_b) [B, 1, ..., 1, C]. dx has x's dtype; dgamma and
+  dbeta are float32 [C].
+  """
+  mean, rstd, mean_c, rstd_c = stats
+  scale_b, shift_b = affine
+  rank, cg = x.shape.rank, x.shape[-1] // num_groups
+  spatial = list(range(1, rank - 1))
+  # Everything is recomputed from x (the input) and the [B, G] statistics. The control
+  # dependency keeps the graph executor from running the recomputation early (during
+  # the forward pass, since it does not depend on dout), which would keep the
+  # recomputed tensors alive and defeat the memory saving.
+  with tf.control_dependencies([dout]):
+    x32_ = tf.identity(x) if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+  dy = tf.cast(dout, tf.float32)
+  if swish:
+    yy = x32_ * scale_b + shift_b
+    s = tf.sigmoid(yy)
+    # d/dy [y sigmoid(y)] = s + y s (1 - s)
+    dy = dy * s + tf.raw_ops.SigmoidGrad(y=s, dy=dy * yy)
+  # Per-(example, channel) sums over the spatial axes.
+  s1 = tf.reduce_sum(dy, spatial)  # sum dy
+  s2 = tf.reduce_sum(dy * x32_, spatial)  # sum dy * x
+  sum_dy_xhat = rstd_c * (s2 - mean_c * s1)  # sum dy * xhat
+  dgamma = tf.reduce_sum(sum_dy_xhat, 0)
+  dbeta = tf.reduce_sum(s1, 0)
+  # dx = rstd * (g dy - mean_group(g dy) - xhat * mean_group(g dy xhat)), g = gamma.
+  n = _group_size(x, cg)
+  a = _group_reduce(gamma * s1, num_groups, tf.reduce_sum) / n  # mean_group(g dy)
+  d = _group_reduce(gamma * sum_dy_xhat, num_groups, tf.reduce_sum) / n  # mean_group(g dy xhat)
+  coef_x = -rstd * rstd * d  # [B, G]
+  coef_0 = rstd * (mean * rstd * d - a)
+  coef_x, coef_0 = tf.repeat(coef_x, cg, axis=1), tf.repeat(coef_0, cg, axis=1)
+  dx = (dy * _expand_dims_to(rstd_c * gamma, rank)
+        + (x32_ * _expand_dims_to(coef_x, rank) + _expand_dims_to(coef_0, rank)))
+  return tf.cast(dx, x.dtype), dgamma, dbeta
 
 
 class GroupNorm(tf.Module):

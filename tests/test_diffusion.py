@@ -556,6 +556,112 @@ def test_v1_p_sample_repeat_noise(data, repeat_noise):
     np.testing.assert_allclose(res[0], res[2], rtol=1e-5, atol=1e-6)
 
 
+# ============================================================================ NumPy and Python inputs
+
+def assert_same(got, want):
+  """Equal tensors, or equal nests of tensors (the methods that return tuples)."""
+  got, want = tf.nest.flatten(got), tf.nest.flatten(want)
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert g.dtype == w.dtype and g.shape == w.shape
+    np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+def test_numpy_and_python_inputs_give_the_tensor_results(data):
+  # What a notebook passes: NumPy images (float64 here, holding float32 values), NumPy int64
+  # timesteps, or one Python number for the whole batch. Each method must compute what the
+  # same values as tensors compute.
+  d2 = _v2('eps', 'fixedlarge')[0]
+  d1 = GaussianDiffusion(betas=BETAS_SMALL, loss_type='noisepred')
+  tf_fn, _ = make_denoise(T_SMALL)
+  nf = stateless_noise_fn()
+  (x0, x0n), (noise, noisen), t = data['x0'], data['noise'], data['t']
+  tn = T_IDX.astype(np.int64)
+  xt = d2.q_sample(x0, t, noise=noise)
+  xtn = xt.numpy()
+  assert_same(d2.q_sample(x0n, tn, noise=noisen), xt)
+  assert_same(d1.q_sample(x0n.tolist(), list(T_IDX), noise=noisen), d1.q_sample(x0, t, noise=noise))
+  assert_same(d2.q_mean_variance(x0n, tn), d2.q_mean_variance(x0, t))
+  assert_same(d2.q_posterior_mean_variance(x0n, xtn, tn), d2.q_posterior_mean_variance(x0, xt, t))
+  assert_same(d1.predict_start_from_noise(xtn, tn, noisen), d1.predict_start_from_noise(xt, t, noise))
+  assert_same(d2.training_losses(tf_fn, x0n, tn, noise=noisen),
+              d2.training_losses(tf_fn, x0, t, noise=noise))
+  assert_same(d1.p_losses(tf_fn, x0n, tn, noise=noisen), d1.p_losses(tf_fn, x0, t, noise=noise))
+  assert_same(d2.p_mean_variance(tf_fn, x=xtn, t=tn, clip_denoised=True, return_pred_xstart=True),
+              d2.p_mean_variance(tf_fn, x=xt, t=t, clip_denoised=True, return_pred_xstart=True))
+  assert_same(d1.p_mean_variance(tf_fn, x=xtn, t=tn, clip_denoised=True),
+              d1.p_mean_variance(tf_fn, x=xt, t=t, clip_denoised=True))
+  assert_same(d2.p_sample(tf_fn, x=xtn, t=tn, noise_fn=nf, return_pred_xstart=True),
+              d2.p_sample(tf_fn, x=xt, t=t, noise_fn=nf, return_pred_xstart=True))
+  # One timestep for the whole batch: a Python int, a whole float, NumPy and tensor scalars.
+  t7 = tf.fill([4], 7)
+  for scalar in (7, 7., np.int64(7), np.array(7), tf.constant(7)):
+    assert_same(d2.q_sample(x0n, scalar, noise=noisen), d2.q_sample(x0, t7, noise=noise))
+    assert_same(d1.p_sample(tf_fn, x=xtn, t=scalar, noise_fn=nf),
+                d1.p_sample(tf_fn, x=xt, t=t7, noise_fn=nf))
+
+
+def test_sample_shapes_may_be_numpy_arrays_or_tensorshapes():
+  T = 4
+  d = GaussianDiffusion2(betas=linear_betas(T, 1e-4, 0.05), model_mean_type='eps',
+                         model_var_type='fixedlarge', loss_type='mse')
+  v1 = GaussianDiffusion(betas=linear_betas(T, 1e-4, 0.05), loss_type='noisepred')
+  tf_fn, _ = make_denoise(T)
+  z = np.random.RandomState(3).randn(*SHAPE).astype(np.float32)
+  want = d.p_sample_loop(tf_fn, shape=SHAPE, noise_fn=fixed_noise_fn(z))
+  for shape in (np.array(SHAPE), tf.TensorShape(SHAPE), [np.int64(s) for s in SHAPE]):
+    assert_same(d.p_sample_loop(tf_fn, shape=shape, noise_fn=fixed_noise_fn(z)), want)
+  assert_same(d.p_sample_loop_progressive(tf_fn, shape=np.array(SHAPE), noise_fn=fixed_noise_fn(z),
+                                          include_xstartpred_freq=2)[0], want)
+  traj = v1.p_sample_loop_trajectory(tf_fn, shape=np.array(SHAPE), noise_fn=stateless_noise_fn())
+  assert traj[1].shape == (T + 1, *SHAPE)
+
+
+def _bad(method, *args, **kwargs):
+  """A call of ``method`` on the v2 diffusion, or the v1 one for a 'v1.' prefix."""
+  def call(d2, d1, x, t):
+    d = d1 if method.startswith('v1.') else d2
+    fill = lambda a: {'X': x, 'T': t}.get(a, a) if isinstance(a, str) else a
+    args_ = [fill(a) for a in args]
+    return getattr(d, method.split('.')[-1])(*args_, **{k: fill(v) for k, v in kwargs.items()})
+  return call
+
+
+_B4 = r"B = 4 \(the images' batch\); got "
+_STEPS = r'expects timesteps t: an integer scalar or an int \[B\] vector, ' + _B4
+
+
+@pytest.mark.parametrize('call,message', [
+    (_bad('q_sample', 'X', [0, 1, 2]), r'GaussianDiffusion2.q_sample ' + _STEPS + r'shape \(3,\)'),
+    (_bad('q_sample', 'X', [0, 1, 2, 20]), _STEPS + r'\[0, 1, 2, 20\], outside \[0, 19\]'),
+    (_bad('q_sample', 'X', -1), _STEPS + r'-1, outside \[0, 19\]'),
+    (_bad('q_sample', 'X', 1.5), _STEPS + r'1.5 \(not whole numbers\)'),
+    (_bad('q_sample', 'X', tf.constant([1., 2., 3., 4.])), _STEPS + 'a tensor of dtype float32'),
+    (_bad('q_sample', 'X', np.ones([4, 1], int)), _STEPS + r'shape \(4, 1\)'),
+    (_bad('q_sample', np.zeros([4, 4], int), 'T'),
+     r'q_sample expects x_start \[B, \.\.\.\] \(float\); got dtype int64'),
+    (_bad('q_sample', 'X', 'T', noise=np.zeros([4, 2, 4, 3])),
+     r'q_sample expects noise of the same shape as the images, \(4, 4, 4, 3\), float; '
+     r'got shape \(4, 2, 4, 3\)'),
+    (_bad('v1.p_losses', lambda x, t: x, 'X', 'T', noise=tf.zeros([4, 4, 4, 3], tf.float64)),
+     r"GaussianDiffusion.p_losses expects noise of x_start's dtype float32; got float64"),
+    (_bad('p_mean_variance', lambda x, t: x, x=np.zeros([4, 4, 3]), t=0, clip_denoised=True,
+          return_pred_xstart=False),
+     r'GaussianDiffusion2.p_mean_variance expects x \[B, H, W, C\] \(float\); got shape \(4, 4, 3\)'),
+    (_bad('p_sample_loop', lambda x, t: x, shape=(2, 4.5, 4, 3)),
+     r'p_sample_loop expects shape=\(B, H, W, C\), positive integers; got \(2, 4.5, 4, 3\)'),
+    (_bad('v1.p_sample_loop_trajectory', lambda x, t: x, shape=[0, 4, 4, 3]),
+     r'p_sample_loop_trajectory expects shape=\(B, H, W, C\), positive integers; got \[0, 4, 4, 3\]'),
+    (_bad('v1.interpolate', lambda x, t: x, x1='X', x2='X', lam=0.5, t=20),
+     r'GaussianDiffusion.interpolate expects t: one integer timestep in \[0, 19\]; got 20, outside'),
+])
+def test_wrong_inputs_say_what_was_expected(data, call, message):
+  d2 = _v2('eps', 'fixedlarge')[0]
+  d1 = GaussianDiffusion(betas=BETAS_SMALL, loss_type='noisepred')
+  with pytest.raises(ValueError, match=message):
+    call(d2, d1, data['x0'][0], data['t'])
+
+
 # ============================================================================ sampling loops
 
 def np_loop(ref, np_fn, x_T, noise, T, clip=True):

@@ -5,11 +5,13 @@ spec's parameter counts); block outputs are compared with independent NumPy code
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from diffusion_tf import pipelines
 from diffusion_tf.models import unet
 
 CIFAR = unet.MODEL_CONFIGS['unet2d16b2']
@@ -367,6 +369,66 @@ def test_input_validation(digits_net):
     digits_net(tf.zeros([1, 16, 8, 3]), tf.constant([1]))  # not square
   with pytest.raises(ValueError):
     digits_net(tf.zeros([1, 16, 16, 3]), tf.constant([1.]))  # float timesteps
+
+
+def test_numpy_and_python_inputs_give_the_tensor_output(digits_net):
+  # A notebook passes NumPy images and timesteps (or one Python number for the batch); they
+  # must compute what the same values as tensors compute.
+  x, t = _inputs(2, 16, seed=4, t=(17, 250))
+  want = digits_net(x, t).numpy()
+  np.testing.assert_array_equal(digits_net(x.numpy(), t.numpy().astype(np.int64)).numpy(), want)
+  np.testing.assert_array_equal(digits_net(x.numpy().astype(np.float64).tolist(), [17, 250]).numpy(),
+                                want)
+  same_t = digits_net(x, tf.constant([17, 17])).numpy()
+  for scalar in (17, np.int64(17), 17., np.array(17), tf.constant(17)):  # whole floats too
+    np.testing.assert_array_equal(digits_net(x.numpy(), scalar).numpy(), same_t)
+  # Traced with an unknown batch size, a Python timestep still covers the whole batch.
+  fn = tf.function(lambda x: digits_net(x, 17), input_signature=[tf.TensorSpec([None, 16, 16, 3])])
+  np.testing.assert_allclose(fn(x).numpy(), same_t, rtol=1e-5, atol=1e-5 * np.abs(same_t).max())
+
+
+def test_pipeline_unet_takes_numpy_images_and_timesteps():
+  folder = os.path.join(os.path.dirname(__file__), 'fixtures', 'diffusers', 'google')
+  net = pipelines.DDIMPipeline.from_pretrained(folder).unet
+  x = np.random.RandomState(5).uniform(-1, 1, (2, net.resolution, net.resolution, net.in_ch))
+  t = np.array([10, 500])  # int64, as NumPy makes them
+  out = net(x.astype(np.float32), t)  # AttributeError: 'tuple' object has no attribute 'rank' once
+  assert out.shape == (2, net.resolution, net.resolution, net.in_ch) and out.dtype == tf.float32
+  want = net(tf.constant(x, tf.float32), tf.constant(t, tf.int32))
+  np.testing.assert_array_equal(out.numpy(), want.numpy())
+
+
+_ONE, _TWO = np.zeros([1, 16, 16, 3], np.float32), np.zeros([2, 16, 16, 3], np.float32)
+_IMAGES = r'images \[B, 16, 16, 3\] \(NHWC float\); got '
+_STEPS = r'timesteps t: an integer scalar or an int \[B\] vector \(or \[1\]\), '
+
+
+@pytest.mark.parametrize('x,t,message', [
+    (_ONE[0], [1], _IMAGES + r'shape \(16, 16, 3\)'),
+    (_ONE[..., :1], [1], _IMAGES + r'shape \(1, 16, 16, 1\)'),  # channels
+    (_ONE[:, :8, :8], [1], _IMAGES + r'shape \(1, 8, 8, 3\)'),  # resolution
+    (tf.zeros([1, 16, 8, 3]), [1], _IMAGES + r'shape \(1, 16, 8, 3\)'),
+    (_ONE.astype(np.uint8), [1], _IMAGES + r'dtype uint8'),
+    (tf.zeros([1, 16, 16, 3], tf.int32), [1], _IMAGES + r'a tensor of dtype int32'),
+    (np.full([1, 16, 16, 3], 'a'), [1], _IMAGES + r'dtype <U1'),
+    (_TWO, [1, 2, 3], _STEPS + r"B = 2 \(the images' batch\); got shape \(3,\)"),
+    (_TWO, np.zeros([2, 1], int), _STEPS + r'B = 2 .*; got shape \(2, 1\)'),
+    (_ONE, 1.5, _STEPS + r'B = 1 .*; got 1.5 \(not whole numbers\)'),
+    (_ONE, tf.constant([1.]), _STEPS + r'.*; got a tensor of dtype float32'),
+    (_ONE, ['1'], _STEPS + r'.*; got dtype <U1'),
+    (_ONE, 2 ** 40, _STEPS + r'.*; got 1099511627776, outside \[-2147483648, 2147483647\]'),
+])
+def test_wrong_inputs_say_what_was_expected(digits_net, x, t, message):
+  with pytest.raises(ValueError, match=r'^UNet expects ' + message):
+    digits_net(x, t)
+
+
+def test_an_unbuilt_unet_asks_for_square_images():
+  lazy = unet.UNet(**DIGITS, out_ch=3)
+  with pytest.raises(ValueError, match=r'UNet expects images \[B, S, S, C\] \(NHWC float, square\); '
+                                       r'got shape \(1, 16, 8, 3\)'):
+    lazy(np.zeros([1, 16, 8, 3], np.float32), 1)
+  assert lazy.trainable_variables == ()
 
 
 # ============================================================================ forward passes

@@ -10,7 +10,7 @@ first call; either way their names (without ``:0``) are the original's
 
 import tensorflow as tf
 
-from .. import nn
+from .. import inputs, nn
 
 # Named configurations of the original scripts (out_ch comes from the caller).
 MODEL_CONFIGS = {
@@ -159,6 +159,7 @@ class UNet(tf.Module):
   """The original ``unet.model`` as an object. Call as ``net(x, t, training=False)``.
 
   x: float [B, S, S, in_ch] in [-1, 1]; t: int [B] timesteps. Returns [B, S, S, out_ch].
+  NumPy arrays and Python numbers are accepted too (see `__call__`).
 
   ``compute_dtype`` (mixed precision): None (default) computes in the input's dtype and
   returns that dtype, as the original did. 'float32', 'bfloat16' or 'float16' cast the
@@ -264,10 +265,14 @@ class UNet(tf.Module):
     self.in_ch, self.resolution = in_ch, resolution
 
   def __call__(self, x, t, training=False):
-    if x.shape.rank != 4 or x.shape[1] != x.shape[2]:
-      raise ValueError(f'UNet expects square NHWC images, got shape {x.shape}')
-    if not t.dtype.is_integer:
-      raise ValueError(f'UNet timesteps must be integers, got {t.dtype}')
+    """The network's output [B, S, S, out_ch] for images x [B, S, S, in_ch] at timesteps t.
+
+    x: a float tensor, or a NumPy array / list (converted to float32). t: integer timesteps,
+    a [B] (or [1]) tensor or array, or one scalar for the whole batch; NumPy / Python values
+    become int32 (whole-valued floats included). Wrong shapes or dtypes raise a ValueError
+    that says what was expected.
+    """
+    x, t = self._inputs(x, t)
     self.build(x.shape[-1], x.shape[1])
     if self.compute_dtype is not None:
       x = tf.cast(x, self.compute_dtype)
@@ -302,6 +307,22 @@ class UNet(tf.Module):
 
     out = self.conv_out(self.norm_out(h, swish=True))
     return out if self.compute_dtype is None else tf.cast(out, tf.float32)
+
+  def _inputs(self, x, t):
+    """(x, t) converted from NumPy / Python values and checked against the static shapes.
+
+    Tensors pass through unchanged: the checks read static shapes and dtypes only, so they
+    cost nothing in a traced function (the forward pass is benchmarked against PyTorch).
+    """
+    res, in_ch = self.resolution, self.in_ch
+    expected = (f'[B, {res}, {res}, {in_ch}] (NHWC float)' if res is not None
+                else '[B, S, S, C] (NHWC float, square)')
+    x = inputs.float_images(x, owner='UNet', expected=expected, rank=4)
+    _, h, w, c = x.shape.as_list()
+    # Height, width and channels must be known: they fix the variables and the Upsample shapes.
+    if None in (h, w, c) or h != w or (res is not None and (h, c) != (res, in_ch)):
+      raise ValueError(f'UNet expects images {expected}; got shape {inputs.shape_text(x.shape)}')
+    return x, inputs.timesteps(t, x, owner='UNet', allow_single=True)
 
 
 def num_params(net):
