@@ -170,3 +170,11 @@ def test_imports_are_resolved_as_python_does(tmp_path, code, expected):
   path = tmp_path / 'runners.py'
   path.write_text(code)
   assert imports_of('diffusion_tf.runners', path, set(modules())) == expected
+
+
+def test_the_architecture_page_names_every_module():
+  page = (ROOT / 'docs' / 'architecture.md').read_text()
+  shims = shim_modules()
+  missing = [name for name in modules() if name not in shims and name != 'diffusion_tf'
+             and f'`{name.split(".", 1)[1].replace(".", "/")}' not in page]
+  assert missing == []
