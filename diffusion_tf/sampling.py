@@ -223,6 +223,7 @@ class SamplerEntry:
   config_fields: tuple = ()
   options: tuple = ()  # further loop keyword arguments read from a config (same key)
   required: tuple = ()
+  replaced: tuple = ()  # (key, values, value): what the diffusers class reads those values as
 
   @property
   def spacings(self):
@@ -347,12 +348,14 @@ class SamplerSettings:
     name += f'_order{self.order}' if self.order is not None else ''
     return name + (f'_eta{self.eta}' if self.entry.uses_eta else '')
 
-  def scheduler_config(self, diffusion):
-    """The diffusers scheduler config (with ``_class_name``) of this sampler on ``diffusion``."""
+  def scheduler_config(self, diffusion, **others):
+    """The diffusers scheduler config (with ``_class_name``) of this sampler on ``diffusion``;
+    ``others``: values of the config's other fields (else the class's defaults)."""
     entry = self.entry
     if self.spacing not in DIFFUSERS_SPACINGS:
       raise ValueError(f'{self.spacing} spacing has no diffusers scheduler counterpart')
-    fields = {key: getattr(self, field) for field, key in entry.config_fields}
+    fields = dict(others)
+    fields.update({key: getattr(self, field) for field, key in entry.config_fields})
     fields.update(self.options, timestep_spacing=self.spacing, steps_offset=self.steps_offset)
     return fmt.scheduler_config(diffusion, entry.scheduler_class, **fields)
 
@@ -381,6 +384,8 @@ def settings_from_scheduler_config(config, class_name=None):
   class_name = class_name or config.get('_class_name', 'DDPMScheduler')
   entry = entry_for_scheduler_class(class_name)
   diffusion, cfg = fmt.diffusion_from_scheduler_config(config, class_name)
+  for key, values, value in entry.replaced:  # e.g. another solver's solver_type
+    cfg[key] = value if cfg.get(key) in values else cfg.get(key)
   for key, accepted in entry.required:
     if cfg.get(key) not in accepted:
       raise fmt.DiffusersFormatError(f'scheduler option {key}={cfg.get(key)!r} is not supported '
@@ -466,13 +471,14 @@ REGISTRY = {e.name: e for e in (
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
                  options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
                  required=(('algorithm_type', ('dpmsolver++',)), ('euler_at_final', (False,)))
-                 + _ZERO_FINAL),
+                 + _ZERO_FINAL, replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),)),
     SamplerEntry('unipc', 'UniPCMultistepScheduler', _multistep_loop(unipc_sample_loop),
                  _diffusers_timesteps('unipc'), default_steps=20, orders=SOLVER_ORDERS,
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
                  options=('lower_order_final',),
                  required=(('solver_type', ('bh2',)), ('predict_x0', (True,)),
-                           ('disable_corrector', ([],))) + _ZERO_FINAL),
+                           ('disable_corrector', ([],))) + _ZERO_FINAL,
+                 replaced=(('solver_type', ('midpoint', 'heun', 'logrho'), 'bh2'),)),
 )}
 SAMPLERS = tuple(REGISTRY)
 DEFAULT_STEPS = {n: e.default_steps for n, e in REGISTRY.items() if e.default_steps}
