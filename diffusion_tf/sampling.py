@@ -415,11 +415,20 @@ def _ddpm_timesteps(s):
 
 
 def _ddpm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
-  """Ancestral sampling, strided (respaced betas over ``s.timesteps``) for fewer steps."""
+  """Ancestral sampling, strided (respaced betas over ``s.timesteps``) for fewer steps.
+
+  The scripts' strided sampler (spacing in `SPACINGS`) ends on the respaced process's step 0
+  without noise. With diffusers' placement, as DDPMScheduler, the last step adds noise when
+  its timestep is not 0 ('trailing' spacing, ``steps_offset``): variance ``1 - ac[t]`` for
+  fixed_large, the posterior's (0, held at 1e-20) for fixed_small. For 'leading' spacing
+  without offset (google/ddpm-cifar10-32) the two are the same sampler."""
   kw = dict(shape=shape, noise_fn=noise_fn, x_T=x_T, clip_denoised=s.clip_sample)
   if s.steps is None:
     return diffusion.p_sample_loop(denoise_fn, **kw)
   new, wrap = respace(diffusion, s.timesteps)
+  if s.spacing in DIFFUSERS_SPACINGS and s.timesteps[0] > 0:
+    large = getattr(diffusion, 'model_var_type', None) == 'fixedlarge'
+    kw['final_log_variance'] = float(np.log(new.betas[0] if large else 1e-20))
   return new.p_sample_loop(wrap(denoise_fn), **kw)
 
 
