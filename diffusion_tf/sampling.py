@@ -11,6 +11,11 @@
 
 Network evaluations per sample for ``--steps N``: ddpm, ddim, dpmsolver++, unipc: N;
 pndm: N + 9 (N + 1 with ``skip_prk_steps``).
+
+Each sampler is one `SamplerEntry` of `REGISTRY` (the only place that knows sampler names);
+`SamplerSettings` is a sampler with its options resolved (from the scripts' flags or a diffusers
+scheduler config) and runs its loop. Eager calls of the loops compile per call; `Sampler` and
+the pipelines keep their compiled loops.
 """
 
 import contextlib
