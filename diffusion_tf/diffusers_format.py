@@ -346,6 +346,18 @@ SCHEDULER_DEFAULTS = {
     'DDIMScheduler': dict(_COMMON, set_alpha_to_one=True, **_CLIPPED),
     'PNDMScheduler': dict(_COMMON, skip_prk_steps=False, set_alpha_to_one=False),
 }
+# The multistep solvers: the options our samplers read or refuse (diffusers has more, all
+# ignored as diffusers' from_config ignores another class's fields).
+_SOLVER = {'solver_order': 2, 'thresholding': False, 'dynamic_thresholding_ratio': 0.995,
+           'sample_max_value': 1.0, 'lower_order_final': True, 'final_sigmas_type': 'zero',
+           'use_karras_sigmas': False, 'rescale_betas_zero_snr': False}
+SCHEDULER_DEFAULTS.update({
+    'DPMSolverMultistepScheduler': dict(_COMMON, timestep_spacing='linspace', **_SOLVER,
+                                        algorithm_type='dpmsolver++', solver_type='midpoint',
+                                        euler_at_final=False, use_lu_lambdas=False),
+    'UniPCMultistepScheduler': dict(_COMMON, timestep_spacing='linspace', **_SOLVER,
+                                    predict_x0=True, solver_type='bh2', disable_corrector=[]),
+})
 _VARIANCE_TYPES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
 _PREDICTION_TYPES = {'epsilon': 'eps', 'sample': 'xstart'}
 
@@ -401,8 +413,9 @@ def diffusion_from_scheduler_config(config, class_name=None):
   if cfg['prediction_type'] not in _PREDICTION_TYPES:
     raise DiffusersFormatError(f'scheduler option prediction_type={cfg["prediction_type"]!r} is '
                                f'not supported (epsilon or sample)')
-  # DDIM and PNDM configs have no variance type; a DDPM sampler then uses DDPMScheduler's default.
-  variance = config.get('variance_type', SCHEDULER_DEFAULTS['DDPMScheduler']['variance_type'])
+  # DDIM and PNDM configs have no variance type (the solvers' is None); a DDPM sampler then uses
+  # DDPMScheduler's default.
+  variance = config.get('variance_type') or SCHEDULER_DEFAULTS['DDPMScheduler']['variance_type']
   if variance not in _VARIANCE_TYPES:
     raise DiffusersFormatError(f'scheduler option variance_type={variance!r} is not supported '
                                f'(fixed_large or fixed_small)')

@@ -4,7 +4,6 @@ the float64 tables of q, the forward process and the compiled sampling-loop driv
 Timestep indices are 0-based: index ``t`` is the paper's step ``t + 1``.
 """
 
-import collections
 import functools
 
 import numpy as np
@@ -164,32 +163,15 @@ class DiffusionTables:
   def _run_compiled(self, impl, static_args, tensor_args):
     """Runs ``impl(*static_args, *tensor_args)`` as one compiled graph.
 
-    Called eagerly, the loop is wrapped in a `tf.function` (cached per static
-    arguments, so repeated calls with the same network do not retrace); inside a
-    graph it is inlined. Either way the T steps run inside a `tf.while_loop`, never as
-    T Python-dispatched steps.
+    Inside a graph (a caller's `tf.function`) it is inlined. Called eagerly it is compiled
+    for this call only: nothing here keeps a compiled loop (or the network it captured)
+    alive. Callers that sample repeatedly own their compiled loops (`sampling.Sampler`, the
+    pipelines). Either way the T steps run inside a `tf.while_loop`, never as T
+    Python-dispatched steps.
     """
     if not tf.executing_eagerly():
       return impl(*static_args, *tensor_args)
-    # The key includes the instance: v1 and v2 share method names, and two diffusions
-    # with different betas must not share a compiled loop.
-    key = (self, impl.__name__) + tuple(static_args)
-    try:
-      hash(key)
-    except TypeError:
-      key = None
-    fn = _COMPILED.get(key) if key is not None else None
-    if fn is None:
-      fn = tf.function(functools.partial(impl, *static_args))
-      if key is not None:
-        _COMPILED[key] = fn
-        while len(_COMPILED) > _COMPILED_MAX:
-          _COMPILED.popitem(last=False)
-    return fn(*tensor_args)
-
-
-_COMPILED = collections.OrderedDict()
-_COMPILED_MAX = 16
+    return tf.function(functools.partial(impl, *static_args))(*tensor_args)
 
 
 def timestep_loop(num_steps, body, loop_vars):

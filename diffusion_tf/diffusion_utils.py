@@ -88,15 +88,23 @@ class GaussianDiffusion(DiffusionTables):
     nonzero_mask = tf.reshape(1 - tf.cast(tf.equal(t, 0), x.dtype), [x.shape[0]] + [1] * (len(x.shape) - 1))
     return model_mean + nonzero_mask * tf.exp(0.5 * model_log_variance) * noise
 
-  def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal):
-    """T ancestral steps from x_T ~ N(0, I). Returns [B, H, W, C], not clipped."""
+  def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal, x_T=None,
+                    clip_denoised=True):
+    """T ancestral steps from ``x_T`` (default: drawn from ``noise_fn`` first). Returns
+    [B, H, W, C], not clipped."""
     shape = self._sample_shape(shape, 'p_sample_loop')
-    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn), ())
+    x_T = () if x_T is None else (tf.convert_to_tensor(x_T, tf.float32),)
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn, clip_denoised),
+                              x_T)
 
-  def _p_sample_loop(self, denoise_fn, shape, noise_fn):
+  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, *x_T):
     def body(i, img):
-      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn),)
-    img, = timestep_loop(self.num_timesteps, body, (noise_fn(shape=shape, dtype=tf.float32),))
+      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn,
+                            clip_denoised=clip_denoised),)
+    x_T = x_T[0] if x_T else noise_fn(shape=shape, dtype=tf.float32)
+    if tuple(x_T.shape) != tuple(shape):
+      raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}')
+    img, = timestep_loop(self.num_timesteps, body, (x_T,))
     assert img.shape == shape
     return img
 

@@ -96,29 +96,44 @@ class GaussianDiffusion2(DiffusionTables):
 
   # === Sampling ===
 
-  def p_sample(self, denoise_fn, *, x, t, noise_fn, clip_denoised=True, return_pred_xstart: bool):
-    """One ancestral step x_t -> x_{t-1} for x [B, H, W, C]; no noise is added where t == 0."""
+  def p_sample(self, denoise_fn, *, x, t, noise_fn, clip_denoised=True, return_pred_xstart: bool,
+               final_log_variance=None):
+    """One ancestral step x_t -> x_{t-1}; no noise is added where t == 0, unless
+    ``final_log_variance`` (a float) gives the log-variance of the noise added there (a
+    respaced process whose first kept timestep is not 0, as diffusers' DDPMScheduler)."""
     x = self._images(x, 'p_sample', rank=4)
     t = self._timesteps(t, x, 'p_sample')
     model_mean, _, model_log_variance, pred_xstart = self.p_mean_variance(
         denoise_fn, x=x, t=t, clip_denoised=clip_denoised, return_pred_xstart=True)
     noise = noise_fn(shape=x.shape, dtype=x.dtype)
     assert noise.shape == x.shape
-    nonzero_mask = tf.reshape(1 - tf.cast(tf.equal(t, 0), x.dtype), [x.shape[0]] + [1] * (len(x.shape) - 1))
-    sample = model_mean + nonzero_mask * tf.exp(0.5 * model_log_variance) * noise
+    at_zero = tf.reshape(tf.equal(t, 0), [x.shape[0]] + [1] * (len(x.shape) - 1))
+    if final_log_variance is None:
+      scale = (1 - tf.cast(at_zero, x.dtype)) * tf.exp(0.5 * model_log_variance)
+    else:
+      scale = tf.exp(0.5 * tf.where(at_zero, tf.cast(final_log_variance, x.dtype), model_log_variance))
+    sample = model_mean + scale * noise
     assert sample.shape == pred_xstart.shape
     return (sample, pred_xstart) if return_pred_xstart else sample
 
-  def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal):
-    """T ancestral steps from x_T ~ N(0, I). Returns [B, H, W, C], not clipped."""
+  def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal, x_T=None,
+                    clip_denoised=True, final_log_variance=None):
+    """T ancestral steps from ``x_T`` (default: drawn from ``noise_fn`` first); see `p_sample`
+    for ``final_log_variance``. Returns [B, H, W, C], not clipped."""
     shape = self._sample_shape(shape, 'p_sample_loop')
-    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn), ())
+    x_T = () if x_T is None else (tf.convert_to_tensor(x_T, tf.float32),)
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn, clip_denoised,
+                                                    final_log_variance), x_T)
 
-  def _p_sample_loop(self, denoise_fn, shape, noise_fn):
+  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, final_log_variance, *x_T):
     def body(i, img):
-      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i),
-                            noise_fn=noise_fn, return_pred_xstart=False),)
-    img, = timestep_loop(self.num_timesteps, body, (noise_fn(shape=shape, dtype=tf.float32),))
+      return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn,
+                            clip_denoised=clip_denoised, return_pred_xstart=False,
+                            final_log_variance=final_log_variance),)
+    x_T = x_T[0] if x_T else noise_fn(shape=shape, dtype=tf.float32)
+    if tuple(x_T.shape) != tuple(shape):
+      raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}')
+    img, = timestep_loop(self.num_timesteps, body, (x_T,))
     assert img.shape == shape
     return img
 

@@ -11,6 +11,8 @@ latest checkpoint) or a TF1 checkpoint prefix of the authors' release (through `
 model's, the sampler the class's.
 """
 
+import collections
+import dataclasses
 import json
 import os
 
@@ -19,7 +21,6 @@ import tensorflow as tf
 
 from . import diffusers_format as fmt, nn, sampling, utils
 from .checkpoints import save_tf1_checkpoint  # noqa: F401  (public here before)
-from .diffusion_base import timestep_loop
 from .loading import (MODEL_INDEX, PretrainedModel, download, load_diffusers_folder,  # noqa: F401
                       load_pretrained, load_run_dir, load_tf1_checkpoint, model_config_name,
                       pretrained_model, released_diffusion, unet_kwargs_from_tf1_shapes)
@@ -56,40 +57,125 @@ class _Progress:
     return denoise
 
 
-class Pipeline:
-  """A `UNet` + a diffusion (from a diffusers scheduler config) + a sampler of `sampling`.
+# The noise schedule's fields of a scheduler config: a pipeline keeps its model's when the
+# sampler is swapped by name.
+SCHEDULE_KEYS = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'trained_betas',
+                 'prediction_type', 'variance_type')
 
-  ``scheduler_config`` is the config as this class's diffusers scheduler reads it (defaults
-  filled in). The sampling loop is compiled once per batch size and step count with the
-  U-Net's weights as constants (`nn.constant_weights`), read at the first call: change the
-  weights and you need a new pipeline.
+
+class Scheduler:
+  """The sampler a pipeline runs, as diffusers' scheduler objects present it: ``.config`` is the
+  diffusers scheduler config (with ``_class_name``), ``.settings`` the `sampling.SamplerSettings`
+  (no steps: they are a call argument), ``.diffusion`` the noise schedule.
+
+  ``Scheduler.from_config(pipe.scheduler.config, 'DPMSolverMultistepScheduler')`` is diffusers'
+  ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``: the fields that class
+  reads from the config, its defaults for the rest.
+  """
+
+  def __init__(self, settings, diffusion, options):
+    self.settings, self.diffusion, self._options = settings, diffusion, dict(options)
+
+  @classmethod
+  def from_config(cls, config, class_name=None):
+    """From a scheduler config dict or an object with a ``.config`` mapping (a diffusers
+    scheduler: its class name then comes from the object), read as ``class_name``."""
+    if not isinstance(config, dict) and hasattr(config, 'config'):
+      class_name = class_name or config.config.get('_class_name') or type(config).__name__
+      config = dict(config.config)
+    settings, diffusion, cfg = sampling.settings_from_scheduler_config(config, class_name)
+    return cls(settings, diffusion, cfg)
+
+  @property
+  def class_name(self):
+    return self.settings.entry.scheduler_class
+
+  @property
+  def config(self):
+    """The diffusers scheduler config (what ``save_pretrained`` writes)."""
+    others = {k: v for k, v in self._options.items() if k not in SCHEDULE_KEYS}
+    return self.settings.scheduler_config(self.diffusion, **others)
+
+  def __repr__(self):
+    return f'Scheduler({self.class_name}, {self.settings.name})'
+
+
+def scheduler_from_config(config, class_name=None):
+  """`Scheduler.from_config`."""
+  return Scheduler.from_config(config, class_name)
+
+
+class Pipeline:
+  """A `UNet` + a `Scheduler` (a sampler of `sampling.REGISTRY` on the model's noise schedule).
+
+  ``scheduler_config`` is the config as read by this class's diffusers scheduler (defaults
+  filled in). ``pipe.scheduler = ...`` (or ``from_pretrained(..., scheduler=...)``) swaps the
+  sampler: a registry name ('ddpm', 'ddim', 'pndm', 'dpmsolver++', 'unipc': that sampler with
+  its diffusers scheduler's default options, i.e. the scripts' ``--sampler NAME``, on the
+  model's noise schedule), a diffusers scheduler config dict or an object with a ``.config``
+  (as diffusers' ``from_config``: the fields the named class reads, its defaults for the
+  rest). Without ``num_inference_steps`` a pipeline runs its class's default steps with its own
+  sampler and the sampler's default (`sampling.DEFAULT_STEPS`, else the class's) with another.
+
+  The pipeline owns its compiled loops (one per batch shape and sampler settings, traced at the
+  first call with the U-Net's weights as constants, `nn.constant_weights`: change the weights
+  and you need a new pipeline) and one `tf.random.Generator`, reset from ``seed`` at each call:
+  the seed is an input of the loop, so a new seed runs without tracing again. ``seed=s`` draws
+  the latents, then the step noise, exactly as `sampling.generate_samples` draws batch i from
+  ``batch_seed(seed, i)``: a pipeline called with ``seed=sampling.batch_seed(seed, i)`` gives
+  that batch (same sampler and batch size).
   """
   scheduler_class = 'DDPMScheduler'
   pipeline_class = 'DDPMPipeline'
   default_steps = 1000
+  _MAX_LOOPS = 8
 
-  def __init__(self, unet, scheduler_config):
+  def __init__(self, unet, scheduler_config, *, scheduler=None):
     self.unet = unet
-    self.diffusion, self.scheduler_config = fmt.diffusion_from_scheduler_config(
-        scheduler_config, self.scheduler_class)
     self._raw_scheduler_config = dict(scheduler_config)
-    self._loops = {}
+    self.scheduler = Scheduler.from_config(scheduler_config, self.scheduler_class)
+    if scheduler is not None:
+      self.scheduler = scheduler
+    self._loops = collections.OrderedDict()
+    self._gens = {}  # RNG algorithm -> the pipeline's generator
     self._progress = _Progress()
 
   @classmethod
   def from_pretrained(cls, name_or_path, *, subfolder=None, revision=None, ema=True,
-                      resolution=None):
+                      resolution=None, scheduler=None):
     """Loads a Hub repo id, a diffusers folder, a run directory or a TF1 checkpoint prefix
     (``ema``: its EMA weights; ``resolution``: for a checkpoint whose U-Net is not an
-    original configuration)."""
+    original configuration). ``scheduler``: another sampler, as for ``pipe.scheduler``."""
     unet, scheduler_config = load_pretrained(name_or_path, subfolder=subfolder, revision=revision,
                                              ema=ema, resolution=resolution)
-    return cls(unet, scheduler_config)
+    return cls(unet, scheduler_config, scheduler=scheduler)
+
+  @property
+  def scheduler(self):
+    return self._scheduler
+
+  @scheduler.setter
+  def scheduler(self, value):
+    if isinstance(value, str):  # a registry name on the model's noise schedule
+      entry = sampling.get_entry(value)
+      value = {k: self._raw_scheduler_config[k] for k in SCHEDULE_KEYS if k in self._raw_scheduler_config}
+      value = Scheduler.from_config(value, entry.scheduler_class)
+    elif not isinstance(value, Scheduler):
+      value = Scheduler.from_config(value)
+    self._scheduler = value
+
+  @property
+  def diffusion(self):
+    return self._scheduler.diffusion
+
+  @property
+  def scheduler_config(self):
+    return self._scheduler._options
 
   def save_pretrained(self, out_dir, *, overwrite=False):
     """Writes the diffusers layout: model_index.json, unet/config.json,
-    unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json. An existing
-    model there is an error unless ``overwrite``."""
+    unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json (the scheduler
+    in use). An existing model there is an error unless ``overwrite``."""
     files = [os.path.join(out_dir, f) for f in (
         MODEL_INDEX, 'unet/config.json', f'unet/{fmt.WEIGHTS_SAFETENSORS}',
         'scheduler/scheduler_config.json')]
@@ -98,13 +184,9 @@ class Pipeline:
       raise FileExistsError(f'{out_dir} already holds a model ({", ".join(existing)}); pass '
                             f'overwrite=True (--overwrite) or another folder')
     unet_config = fmt.unet_config(self.unet)  # refuses what diffusers cannot express, first
-    sched = fmt.scheduler_config(self.diffusion, self.scheduler_class,
-                                 **{k: v for k, v in self.scheduler_config.items()
-                                    if k not in ('beta_schedule', 'trained_betas', 'beta_start',
-                                                 'beta_end', 'num_train_timesteps',
-                                                 'prediction_type')})
+    sched = self.scheduler.config
     index = {'_class_name': self.pipeline_class, '_diffusers_version': fmt.DIFFUSERS_VERSION,
-             'scheduler': ['diffusers', self.scheduler_class], 'unet': ['diffusers', 'UNet2DModel']}
+             'scheduler': ['diffusers', sched['_class_name']], 'unet': ['diffusers', 'UNet2DModel']}
     fmt.write_weights(os.path.join(out_dir, 'unet'), fmt.state_dict(self.unet), overwrite=True)
     for path, obj in zip((files[0], files[1], files[3]), (index, unet_config, sched)):
       utils.atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode())
@@ -119,86 +201,104 @@ class Pipeline:
   def _denoise(self, x, t):
     return self.unet(x, t, training=False)
 
-  def _sample(self, x_T, noise_fn, num_inference_steps, **options):
-    raise NotImplementedError
+  def _settings(self, num_inference_steps, options):
+    """The scheduler's settings with the call's steps and options (DDIM's ``eta``)."""
+    settings = self.scheduler.settings
+    eta = options.pop('eta', None)
+    if options:
+      raise TypeError(f'{type(self).__name__} takes no options {sorted(options)}')
+    if eta is not None and settings.entry.uses_eta:
+      settings = dataclasses.replace(settings, eta=float(eta))
+    elif eta:
+      raise ValueError(f'eta applies to DDIM, not to the {settings.name} scheduler')
+    steps = num_inference_steps
+    if steps is None:
+      own = self.scheduler.class_name == self.scheduler_class
+      steps = self.default_steps if own else sampling.DEFAULT_STEPS.get(settings.name, self.default_steps)
+    return settings.with_steps(int(steps or 0) or settings.num_timesteps)  # 0, None: all T
 
-  def _generator(self, seed, generator):
+  def _noise_source(self, seed, generator):
+    """(the object drawing the noise, its part of the loop key). A `tf.random.Generator`'s
+    state is copied into the pipeline's own generator (and back after the call); any other
+    object with ``.normal(shape, dtype)`` is used as it is (one compiled loop per object)."""
+    if generator is not None and not isinstance(generator, tf.random.Generator):
+      return generator, id(generator)
+    alg = generator.algorithm if generator is not None else tf.random.Algorithm.PHILOX.value
+    gen = self._gens.get(alg)
+    if gen is None:
+      gen = self._gens[alg] = tf.random.Generator.from_seed(0, alg=alg)
     if generator is not None:
-      return generator
-    if seed is not None:
-      return tf.random.Generator.from_seed(int(seed))
-    return tf.random.Generator.from_non_deterministic_state()
+      gen.reset(generator.state)
+    elif seed is not None:
+      gen.reset_from_seed(int(seed))  # the stream of tf.random.Generator.from_seed(seed)
+    else:
+      gen.reset(tf.random.Generator.from_non_deterministic_state(alg=alg).state)
+    return gen, ('generator', alg)
+
+  def _loop(self, shape, settings, noise, noise_key):
+    """The compiled loop x_T [shape] -> x_0 for these settings and noise source."""
+    key = (shape, settings, noise_key)
+    loop = self._loops.get(key)
+    if loop is None:
+      diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)
+      noise_fn = lambda shape, dtype: noise.normal(shape, dtype=dtype)
+      with nn.constant_weights():  # traced now, so the weights are read now
+        loop = tf.function(lambda x: settings.loop(diffusion, denoise, shape=shape, x_T=x,
+                                                   noise_fn=noise_fn)).get_concrete_function(
+            tf.TensorSpec(shape, tf.float32))
+      self._loops[key] = loop
+      while len(self._loops) > self._MAX_LOOPS:
+        self._loops.popitem(last=False)
+    return loop
 
   def __call__(self, batch_size=1, num_inference_steps=None, *, seed=None, generator=None,
                latents=None, output_type='pil', progress=True, **options):
     """Samples ``batch_size`` images. ``latents``: x_T [N, H, W, C] (default: drawn from
-    ``generator``, a `tf.random.Generator`, or one seeded with ``seed``)."""
+    ``generator``, a `tf.random.Generator`, or from ``seed``)."""
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f'output_type must be one of {OUTPUT_TYPES}, got {output_type!r}')
-    steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
-    steps = steps or self.diffusion.num_timesteps
-    gen = self._generator(seed, generator)
+    settings = self._settings(num_inference_steps, options)
     shape = (int(batch_size), *self.image_shape)
+    noise, noise_key = self._noise_source(seed, generator)
     if latents is None:
-      latents = gen.normal(shape, dtype=tf.float32)
+      latents = noise.normal(shape, dtype=tf.float32)
     latents = tf.convert_to_tensor(latents, tf.float32)
     if tuple(latents.shape) != shape:
       raise ValueError(f'latents must have shape {shape} (batch_size, H, W, C), got {tuple(latents.shape)}')
-    key = (shape, steps, tuple(sorted(options.items())), id(gen))
-    loop = self._loops.get(key)
-    if loop is None:
-      noise_fn = lambda shape, dtype: gen.normal(shape, dtype=dtype)
-      with nn.constant_weights():  # traced now, so the weights are read now
-        loop = tf.function(lambda x: self._sample(x, noise_fn, steps, **options)).get_concrete_function(
-            tf.TensorSpec(shape, tf.float32))
-      self._loops = {key: loop}  # one compiled loop at a time (the generator is part of it)
+    loop = self._loop(shape, settings, noise, noise_key)
     if progress:
       from tqdm.auto import tqdm
-      self._progress.bar = tqdm(total=self.num_evaluations(steps), desc=type(self).__name__)
+      self._progress.bar = tqdm(total=settings.num_evaluations, desc=type(self).__name__)
     try:
       x = loop(latents).numpy()
     finally:
       if self._progress.bar is not None:
         self._progress.bar.close()
       self._progress.bar = None
-    images = np.clip(x / 2 + 0.5, 0., 1.).astype(np.float32)
-    if output_type == 'np':
-      return ImagePipelineOutput(images)
-    from PIL import Image
-    pixels = (images * 255).round().astype(np.uint8)
-    return ImagePipelineOutput([Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels])
+    if isinstance(generator, tf.random.Generator):  # as if the caller's generator drew the noise
+      generator.reset(noise.state)
+    return _output(x, output_type)
 
   def num_evaluations(self, steps):
-    return steps
+    """Network evaluations of a call with ``num_inference_steps=steps``."""
+    return self.scheduler.settings.with_steps(steps).num_evaluations
 
-  def _placement(self):
-    """Where diffusers places the steps, from the scheduler config."""
-    return dict(spacing=self.scheduler_config['timestep_spacing'],
-                steps_offset=int(self.scheduler_config['steps_offset']))
+
+def _output(x, output_type):
+  """Images in [0, 1] from samples x [N, H, W, C] in [-1, 1]: float32 or PIL."""
+  images = np.clip(x / 2 + 0.5, 0., 1.).astype(np.float32)
+  if output_type == 'np':
+    return ImagePipelineOutput(images)
+  from PIL import Image
+  pixels = (images * 255).round().astype(np.uint8)
+  return ImagePipelineOutput([Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels])
 
 
 class DDPMPipeline(Pipeline):
   """Ancestral sampling (all the model's steps by default, 1000 for the Hub models; fewer
-  steps respace the process as diffusers' DDPMScheduler does)."""
+  steps respace the process over the timesteps diffusers' DDPMScheduler places, from the
+  scheduler config, so the same latents and step noise give its images)."""
   default_steps = None
-
-  def _sample(self, x_T, noise_fn, num_inference_steps, **options):
-    if options:
-      raise TypeError(f'DDPMPipeline takes no options {sorted(options)}')
-    diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)
-    T = diffusion.num_timesteps
-    if num_inference_steps != T:
-      timesteps = sampling.diffusers_timesteps(T, num_inference_steps, **self._placement(),
-                                               scheduler='ddpm')[::-1]
-      diffusion, wrap = sampling.respace(diffusion, timesteps)
-      denoise = wrap(denoise)
-    clip, B = bool(self.scheduler_config['clip_sample']), x_T.shape[0]
-
-    def body(i, x):
-      return (diffusion.p_sample(denoise_fn=denoise, x=x, t=tf.fill([B], i), noise_fn=noise_fn,
-                                 clip_denoised=clip, return_pred_xstart=False),)
-
-    return timestep_loop(diffusion.num_timesteps, body, (x_T,))[0]
 
 
 class DDIMPipeline(Pipeline):
@@ -210,14 +310,6 @@ class DDIMPipeline(Pipeline):
   def __call__(self, batch_size=1, num_inference_steps=None, *, eta=0., **kwargs):
     return super().__call__(batch_size, num_inference_steps, eta=float(eta), **kwargs)
 
-  def _sample(self, x_T, noise_fn, num_inference_steps, *, eta):
-    cfg = self.scheduler_config
-    return sampling.diffusers_ddim_sample_loop(
-        self.diffusion, self._progress.wrap(self._denoise), shape=tuple(x_T.shape),
-        steps=num_inference_steps, set_alpha_to_one=bool(cfg['set_alpha_to_one']),
-        clip_sample=bool(cfg['clip_sample']), eta=eta, x_T=x_T, noise_fn=noise_fn,
-        **self._placement())
-
 
 class PNDMPipeline(Pipeline):
   """PNDM (50 steps by default: 59 network evaluations, 51 with ``skip_prk_steps`` in the
@@ -225,17 +317,6 @@ class PNDMPipeline(Pipeline):
   scheduler_class = 'PNDMScheduler'
   pipeline_class = 'PNDMPipeline'
   default_steps = 50
-
-  def num_evaluations(self, steps):
-    return steps + (1 if self.scheduler_config['skip_prk_steps'] else 9)
-
-  def _sample(self, x_T, noise_fn, num_inference_steps):
-    cfg = self.scheduler_config
-    return sampling.pndm_sample_loop(
-        self.diffusion, self._progress.wrap(self._denoise), shape=tuple(x_T.shape),
-        steps=num_inference_steps, skip_prk_steps=bool(cfg['skip_prk_steps']),
-        set_alpha_to_one=bool(cfg['set_alpha_to_one']), x_T=x_T, noise_fn=noise_fn,
-        **self._placement())
 
 
 PIPELINES = {'ddpm': DDPMPipeline, 'ddim': DDIMPipeline, 'pndm': PNDMPipeline}

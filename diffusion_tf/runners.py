@@ -155,10 +155,9 @@ def sampler_flags(flags):
 
 
 def _default_out(flags, model, prefix, step):
-  s = sampler_flags(flags)  # TODO: the registry's tag once it exists
-  tag = (f'{s["sampler"]}{s["steps"] or sampling.DEFAULT_STEPS.get(s["sampler"], model.diffusion.num_timesteps)}'
-         + (f'_order{s["order"]}' if s['order'] is not None else '')
-         + (f'_eta{s["eta"]}' if s['sampler'] == 'ddim' else ''))
+  tag = sampling.SamplerSettings.resolve(
+      flags['sampler'], model.diffusion.num_timesteps, steps=flags['steps'], eta=flags['eta'],
+      spacing=flags['spacing'], order=flags['order']).output_tag()
   if flags['pretrained']:  # a Hub id or folder: write beside the current directory
     return f'samples_{os.path.basename(os.path.normpath(flags["pretrained"]))}_{tag}'
   run_dir = flags['model_dir'] or os.path.dirname(prefix)

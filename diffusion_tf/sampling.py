@@ -11,30 +11,33 @@
 
 Network evaluations per sample for ``--steps N``: ddpm, ddim, dpmsolver++, unipc: N;
 pndm: N + 9 (N + 1 with ``skip_prk_steps``).
+
+Each sampler is one `SamplerEntry` of `REGISTRY` (the only place that knows sampler names);
+`SamplerSettings` is a sampler with its options resolved (from the scripts' flags or a diffusers
+scheduler config) and runs its loop. Eager calls of the loops compile per call; `Sampler` and
+the pipelines keep their compiled loops.
 """
 
+import contextlib
+import dataclasses
+import functools
 import math
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from . import nn, utils
-from .diffusion_base import timestep_loop
+from . import diffusers_format as fmt, nn, utils
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
 from .errors import FlagError
 from .solvers import (DIFFUSERS_SPACINGS, SOLVER_ORDERS, diffusers_timesteps,  # noqa: F401
                       dpm_solver_sample_loop, dynamic_threshold, model_eps_and_x0,
                       pndm_sample_loop, unipc_sample_loop)
+from .diffusion_base import timestep_loop
 
-SAMPLERS = ('ddpm', 'ddim', 'pndm', 'dpmsolver++', 'unipc')
 SPACINGS = ('uniform', 'quad')
-# Samplers taking --order, with their default; the others refuse an --order.
-DEFAULT_ORDERS = {'dpmsolver++': 2, 'unipc': 2}
-# The diffusers samplers place their steps as diffusers does; 'uniform' (our default) stands
-# for the diffusers scheduler's own default spacing.
-DIFFUSERS_DEFAULT_SPACING = {'pndm': 'leading', 'dpmsolver++': 'linspace', 'unipc': 'linspace'}
 
 
 def timestep_sequence(num_timesteps, steps, spacing='uniform'):
@@ -84,29 +87,24 @@ def respace(diffusion, timesteps):
     new = GaussianDiffusion(betas=new_betas, loss_type=diffusion.loss_type)
   else:
     raise TypeError(f'cannot respace {type(diffusion).__name__}')
-  table = tf.constant(timesteps, tf.int32)
 
   def wrap(denoise_fn):
-    return _MappedDenoiser(denoise_fn, table)
+    return _MappedDenoiser(denoise_fn, timesteps)
 
   return new, wrap
 
 
 class _MappedDenoiser:
-  """``denoise_fn(x, table[t])``; hashable by its parts so compiled loops are reused."""
+  """``denoise_fn(x, timesteps[t])``: the respaced index ``t`` [B] as the original timestep.
 
-  def __init__(self, denoise_fn, table):
-    self.denoise_fn, self.table = denoise_fn, table
-    self._key = (denoise_fn, tuple(table.numpy().tolist()))
+  The table is kept in NumPy and made a constant where the call is traced, so a respacing
+  done inside a compiled function works (no eager value is read there)."""
+
+  def __init__(self, denoise_fn, timesteps):
+    self.denoise_fn, self.timesteps = denoise_fn, np.asarray(timesteps, np.int64)
 
   def __call__(self, x, t):
-    return self.denoise_fn(x, tf.gather(self.table, t))
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _MappedDenoiser) and self._key == other._key
+    return self.denoise_fn(x, tf.gather(tf.constant(self.timesteps, tf.int32), t))
 
 
 # ----------------------------------------------------------------------------- DDIM
@@ -196,6 +194,337 @@ def _ddim_impl(diffusion, denoise_fn, shape, timesteps, ac, ac_prev, eta, noise_
   return x
 
 
+# ----------------------------------------------------------------------------- the registry
+
+def _optional_int(name, value, T, low=1):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= T:
+    raise FlagError(f'--{name} must be an integer between {low} and the {T} diffusion steps, '
+                    f'got {value!r}')
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerEntry:
+  """Everything the code knows about one ``--sampler`` (one entry of `REGISTRY`).
+
+  ``loop(settings, diffusion, denoise_fn, shape=, x_T=, noise_fn=)`` runs the sampler (the
+  functions of this module and `solvers`; compiled by whoever calls it, see `Sampler`);
+  ``timesteps(settings)`` gives the timesteps the network is evaluated at, in the loop's
+  order; ``config_fields`` maps settings fields to the diffusers scheduler config keys they
+  are read from and written to; ``required`` lists config values we must refuse otherwise.
+  ``default_steps`` None means all T; ``diffusers_spacing`` is what the scripts' 'uniform'
+  means for a sampler that only places its steps as diffusers does (None: it takes
+  `SPACINGS`, ours).
+  """
+  name: str
+  scheduler_class: str
+  loop: Callable
+  timesteps: Callable
+  default_steps: Optional[int] = None
+  orders: tuple = ()
+  default_order: Optional[int] = None
+  diffusers_spacing: Optional[str] = None
+  uses_eta: bool = False
+  config_fields: tuple = ()
+  options: tuple = ()  # further loop keyword arguments read from a config (same key)
+  required: tuple = ()
+  replaced: tuple = ()  # (key, values, value): what the diffusers class reads those values as
+
+  @property
+  def spacings(self):
+    """The scripts' ``--spacing`` values (a diffusers scheduler config takes `DIFFUSERS_SPACINGS`)."""
+    return ('uniform',) + DIFFUSERS_SPACINGS if self.diffusers_spacing else SPACINGS
+
+  def config_defaults(self):
+    return fmt.SCHEDULER_DEFAULTS[self.scheduler_class]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+  """A sampler with all its options resolved against a diffusion of ``num_timesteps`` steps.
+
+  ``steps`` None means all T (ddpm, ddim). ``spacing`` in `SPACINGS` is our placement (the
+  scripts' ddpm/ddim), one of `DIFFUSERS_SPACINGS` is diffusers' (with ``steps_offset``); for
+  ddim that also selects diffusers' update (`diffusers_ddim_sample_loop`). ``options`` holds
+  further loop keyword arguments as sorted (key, value) pairs; ``requested`` the steps and order
+  as the caller passed them (the output tag names them so). Hashable: a compiled loop's key.
+
+  Make one with `resolve` (the scripts' flags, validated as they are) or
+  `settings_from_scheduler_config` (a diffusers scheduler config).
+
+  What later samplers need of this shape (not implemented): starting at (t, x_t) (a ``start``
+  field cutting ``timesteps``), a per-step hook (an ``on_step`` loop argument, like the
+  pipelines' progress tick around the denoiser), float timesteps (``timesteps`` returning
+  floats; the loops gather their tables by index, not by timestep) and stochastic samplers
+  whose noise replays (already so: every loop draws all its noise from ``noise_fn``, which the
+  callers back with one `tf.random.Generator` reset from a seed).
+  """
+  name: str
+  num_timesteps: int
+  steps: Optional[int] = None
+  eta: float = 0.
+  spacing: str = 'uniform'
+  order: Optional[int] = None
+  skip_prk_steps: bool = False
+  steps_offset: int = 0
+  set_alpha_to_one: bool = False
+  clip_sample: bool = True
+  options: tuple = ()
+  requested: tuple = (None, None)
+
+  @classmethod
+  def resolve(cls, name, num_timesteps, *, steps=None, eta=0., spacing='uniform', order=None,
+              skip_prk_steps=False):
+    """Settings of the scripts' ``--sampler name --steps ... `` flags; a FlagError naming the
+    flag for a bad value, before any work."""
+    entry = get_entry(name)
+    T = int(num_timesteps)
+    if entry.default_steps is None:  # all T when not given (or given as T)
+      resolved = None if steps in (None, T) else _optional_int('steps', steps, T)
+    else:
+      resolved = entry.default_steps if steps is None else _optional_int('steps', steps, T)
+    s = cls(name, T, steps=resolved, eta=float(eta), spacing=check_spacing(name, spacing),
+            order=check_order(name, order), skip_prk_steps=bool(skip_prk_steps),
+            set_alpha_to_one=bool(entry.config_defaults().get('set_alpha_to_one', False)),
+            requested=(steps, order))
+    s.timesteps  # validates the placement before any work
+    return s
+
+  @property
+  def entry(self):
+    return REGISTRY[self.name]
+
+  def with_steps(self, steps):
+    """The same sampler with ``steps`` inference steps (validated; T means all for ddpm/ddim)."""
+    T = self.num_timesteps
+    steps = _optional_int('steps', steps, T)
+    if self.entry.default_steps is None and steps == T:
+      steps = None
+    out = dataclasses.replace(self, steps=steps, requested=(steps, self.requested[1]))
+    out.timesteps  # noqa: B018 (validates)
+    return out
+
+  @property
+  def timesteps(self):
+    """int64 timesteps the network is evaluated at (ddpm, ddim: increasing; the others in
+    evaluation order)."""
+    return self.entry.timesteps(self)
+
+  @property
+  def num_evaluations(self):
+    """Network evaluations per sample."""
+    return len(self.timesteps)
+
+  def loop(self, diffusion, denoise_fn, *, shape, x_T=None, noise_fn=tf.random.normal):
+    """Samples float32 [B, H, W, C] (``shape``) from ``x_T`` (default: drawn from ``noise_fn``
+    first), all later noise from ``noise_fn``. Compiled per call when called eagerly."""
+    if diffusion.num_timesteps != self.num_timesteps:
+      raise ValueError(f'settings for {self.num_timesteps} steps, diffusion of {diffusion.num_timesteps}')
+    return self.entry.loop(self, diffusion, denoise_fn, shape=tuple(shape), x_T=x_T,
+                           noise_fn=noise_fn)
+
+  def describe(self):
+    """One line for the logs: ``ddim with 50 of 1000 steps (uniform spacing), eta=0.0``."""
+    T = self.num_timesteps
+    s = f'{self.name} with {self.steps or T} of {T} steps'
+    if self.entry.diffusers_spacing:
+      return (s + f' ({self.spacing} spacing' + (f', order {self.order}' if self.order else '')
+              + f', {self.num_evaluations} network evaluations)')
+    if self.steps:
+      s += f' ({self.spacing} spacing)'
+    return s + (f', eta={self.eta}' if self.entry.uses_eta else '')
+
+  def output_tag(self):
+    """The ``sample`` command's output name part: ``ddim50_eta0.0``, ``dpmsolver++20_order3``
+    (the steps as given or the default, the order only when given)."""
+    steps, order = self.requested
+    tag = f'{self.name}{steps or self.entry.default_steps or self.num_timesteps}'
+    return tag + (f'_order{order}' if order is not None else '') + (
+        f'_eta{self.eta}' if self.entry.uses_eta else '')
+
+  def eval_dir_name(self):
+    """The evaluation's results folder: 'eval' for the full ddpm, else e.g. ``eval_ddim50_eta0.0``,
+    ``eval_dpmsolver++20_linspace_order2``, ``eval_ddpm100_quad``."""
+    if self.name == 'ddpm' and self.steps is None:
+      return 'eval'
+    name = f'eval_{self.name}{self.steps or self.num_timesteps}'
+    if self.steps is not None and self.spacing != 'uniform':
+      name += f'_{self.spacing}'
+    name += f'_order{self.order}' if self.order is not None else ''
+    return name + (f'_eta{self.eta}' if self.entry.uses_eta else '')
+
+  def scheduler_config(self, diffusion, **others):
+    """The diffusers scheduler config (with ``_class_name``) of this sampler on ``diffusion``;
+    ``others``: values of the config's other fields (else the class's defaults)."""
+    entry = self.entry
+    if self.spacing not in DIFFUSERS_SPACINGS:
+      raise ValueError(f'{self.spacing} spacing has no diffusers scheduler counterpart')
+    fields = dict(others)
+    fields.update({key: getattr(self, field) for field, key in entry.config_fields})
+    fields.update(self.options, timestep_spacing=self.spacing, steps_offset=self.steps_offset)
+    return fmt.scheduler_config(diffusion, entry.scheduler_class, **fields)
+
+
+def get_entry(name):
+  """The `REGISTRY` entry of ``name``; a FlagError naming ``--sampler`` for an unknown one."""
+  if name not in REGISTRY:
+    raise FlagError(f'--sampler must be one of {SAMPLERS}, got {name!r}')
+  return REGISTRY[name]
+
+
+def entry_for_scheduler_class(class_name):
+  """The `REGISTRY` entry whose diffusers scheduler is ``class_name``."""
+  for entry in REGISTRY.values():
+    if entry.scheduler_class == class_name:
+      return entry
+  raise fmt.DiffusersFormatError(
+      f'scheduler {class_name!r} is not supported (supported: '
+      f'{", ".join(e.scheduler_class for e in REGISTRY.values())})')
+
+
+def settings_from_scheduler_config(config, class_name=None):
+  """(settings without steps, the diffusion) of a diffusers scheduler config, read as
+  ``class_name`` (default: its ``_class_name``) reads it, as diffusers' ``from_config``: the
+  class's fields from the config, its defaults for the rest. Refuses what we do not compute."""
+  class_name = class_name or config.get('_class_name', 'DDPMScheduler')
+  entry = entry_for_scheduler_class(class_name)
+  diffusion, cfg = fmt.diffusion_from_scheduler_config(config, class_name)
+  for key, values, value in entry.replaced:  # e.g. another solver's solver_type
+    cfg[key] = value if cfg.get(key) in values else cfg.get(key)
+  for key, accepted in entry.required:
+    if cfg.get(key) not in accepted:
+      raise fmt.DiffusersFormatError(f'scheduler option {key}={cfg.get(key)!r} is not supported '
+                                     f'({class_name}: {" or ".join(map(repr, accepted))})')
+  if cfg['timestep_spacing'] not in DIFFUSERS_SPACINGS:
+    raise fmt.DiffusersFormatError(f'scheduler option timestep_spacing={cfg["timestep_spacing"]!r} '
+                                   f'is not supported ({DIFFUSERS_SPACINGS})')
+  fields = {field: cfg[key] for field, key in entry.config_fields}
+  if 'order' in fields:
+    fields['order'] = check_order(entry.name, fields['order'])
+  settings = SamplerSettings(
+      entry.name, diffusion.num_timesteps, spacing=cfg['timestep_spacing'],
+      steps_offset=int(cfg['steps_offset']),
+      options=tuple(sorted((k, cfg[k]) for k in entry.options)), **fields)
+  return settings, diffusion, cfg
+
+
+# The loops: each runs one sampler of this module or `solvers` with the settings' options.
+
+def _ddpm_timesteps(s):
+  if s.spacing in SPACINGS:
+    return timestep_sequence(s.num_timesteps, s.steps, s.spacing)
+  if s.steps is None:
+    return np.arange(s.num_timesteps)
+  return diffusers_timesteps(s.num_timesteps, s.steps, s.spacing, s.steps_offset,
+                             scheduler='ddpm')[::-1]
+
+
+def _ddpm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  """Ancestral sampling, strided (respaced betas over ``s.timesteps``) for fewer steps.
+
+  The scripts' strided sampler (spacing in `SPACINGS`) ends on the respaced process's step 0
+  without noise. With diffusers' placement, as DDPMScheduler, the last step adds noise when
+  its timestep is not 0 ('trailing' spacing, ``steps_offset``): variance ``1 - ac[t]`` for
+  fixed_large, the posterior's (0, held at 1e-20) for fixed_small. For 'leading' spacing
+  without offset (google/ddpm-cifar10-32) the two are the same sampler."""
+  kw = dict(shape=shape, noise_fn=noise_fn, x_T=x_T, clip_denoised=s.clip_sample)
+  if s.steps is None:
+    return diffusion.p_sample_loop(denoise_fn, **kw)
+  new, wrap = respace(diffusion, s.timesteps)
+  if s.spacing in DIFFUSERS_SPACINGS and s.timesteps[0] > 0:
+    large = getattr(diffusion, 'model_var_type', None) == 'fixedlarge'
+    kw['final_log_variance'] = float(np.log(new.betas[0] if large else 1e-20))
+  return new.p_sample_loop(wrap(denoise_fn), **kw)
+
+
+def _ddim_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  if s.spacing in SPACINGS:  # the scripts' DDIM
+    return ddim_sample_loop(diffusion, denoise_fn, shape=shape, timesteps=s.timesteps, eta=s.eta,
+                            noise_fn=noise_fn, clip_denoised=s.clip_sample, x_T=x_T)
+  return diffusers_ddim_sample_loop(
+      diffusion, denoise_fn, shape=shape, steps=s.steps or s.num_timesteps, spacing=s.spacing,
+      steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one, clip_sample=s.clip_sample,
+      eta=s.eta, x_T=x_T, noise_fn=noise_fn)
+
+
+def _pndm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  return pndm_sample_loop(diffusion, denoise_fn, shape=shape, steps=s.steps,
+                          skip_prk_steps=s.skip_prk_steps, spacing=s.spacing,
+                          steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one,
+                          x_T=x_T, noise_fn=noise_fn)
+
+
+def _multistep_loop(solver):
+  def loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+    return solver(diffusion, denoise_fn, shape=shape, steps=s.steps, order=s.order,
+                  spacing=s.spacing, steps_offset=s.steps_offset, x_T=x_T, noise_fn=noise_fn,
+                  **dict(s.options))
+  return loop
+
+
+def _diffusers_timesteps(scheduler):
+  def timesteps(s):
+    return diffusers_timesteps(s.num_timesteps, s.steps, s.spacing, s.steps_offset,
+                               scheduler=scheduler, skip_prk_steps=s.skip_prk_steps)
+  return timesteps
+
+
+_PLACEMENT = (('spacing', 'timestep_spacing'), ('steps_offset', 'steps_offset'))
+_ZERO_FINAL = (('final_sigmas_type', ('zero',)), ('use_karras_sigmas', (False,)))
+REGISTRY = {e.name: e for e in (
+    SamplerEntry('ddpm', 'DDPMScheduler', _ddpm_loop, _ddpm_timesteps,
+                 config_fields=(('clip_sample', 'clip_sample'),)),
+    SamplerEntry('ddim', 'DDIMScheduler', _ddim_loop, _ddpm_timesteps, uses_eta=True,
+                 config_fields=(('clip_sample', 'clip_sample'), ('set_alpha_to_one', 'set_alpha_to_one'))),
+    SamplerEntry('pndm', 'PNDMScheduler', _pndm_loop, _diffusers_timesteps('pndm'), default_steps=50,
+                 diffusers_spacing='leading',
+                 config_fields=(('skip_prk_steps', 'skip_prk_steps'),
+                                ('set_alpha_to_one', 'set_alpha_to_one'))),
+    SamplerEntry('dpmsolver++', 'DPMSolverMultistepScheduler', _multistep_loop(dpm_solver_sample_loop),
+                 _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
+                 default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
+                 options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
+                 required=(('algorithm_type', ('dpmsolver++',)), ('euler_at_final', (False,)))
+                 + _ZERO_FINAL, replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),)),
+    SamplerEntry('unipc', 'UniPCMultistepScheduler', _multistep_loop(unipc_sample_loop),
+                 _diffusers_timesteps('unipc'), default_steps=20, orders=SOLVER_ORDERS,
+                 default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
+                 options=('lower_order_final',),
+                 required=(('solver_type', ('bh2',)), ('predict_x0', (True,)),
+                           ('disable_corrector', ([],))) + _ZERO_FINAL,
+                 replaced=(('solver_type', ('midpoint', 'heun', 'logrho'), 'bh2'),)),
+)}
+SAMPLERS = tuple(REGISTRY)
+DEFAULT_STEPS = {n: e.default_steps for n, e in REGISTRY.items() if e.default_steps}
+
+
+def check_spacing(sampler, spacing):
+  """The step placement ``sampler`` uses for ``--spacing spacing``; an error for one it cannot
+  take. The diffusers samplers read 'uniform' (the flag's default) as their scheduler's own
+  default placement."""
+  entry = get_entry(sampler)
+  if spacing not in entry.spacings:
+    also = f' (or uniform: {entry.diffusers_spacing})' if entry.diffusers_spacing else ''
+    choices = DIFFUSERS_SPACINGS if entry.diffusers_spacing else SPACINGS
+    raise FlagError(f'--spacing for --sampler {sampler} must be one of {choices}{also}, got {spacing!r}')
+  return entry.diffusers_spacing if spacing == 'uniform' and entry.diffusers_spacing else spacing
+
+
+def check_order(sampler, order):
+  """The solver order of ``sampler`` (its default for None); an error for a bad one."""
+  entry = get_entry(sampler)
+  if not entry.orders:
+    if order is not None:
+      takers = [n for n, e in REGISTRY.items() if e.orders]
+      raise FlagError(f'--order applies to --sampler {" or ".join(takers)}, not {sampler}')
+    return None
+  if order is None:
+    return entry.default_order
+  if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in entry.orders:
+    raise FlagError(f'--order for --sampler {sampler} must be one of {entry.orders}, got {order!r}')
+  return int(order)
+
+
 # ----------------------------------------------------------------------------- batched generation
 
 def batch_seed(seed, index):
@@ -203,50 +532,16 @@ def batch_seed(seed, index):
   return (int(seed) * 100003 + int(index)) % (2 ** 63 - 1)
 
 
-DEFAULT_STEPS = {'pndm': 50, 'dpmsolver++': 20, 'unipc': 20}
-
-
-def check_spacing(sampler, spacing):
-  """The step placement ``sampler`` uses for ``--spacing spacing``; an error for one it cannot
-  take. The diffusers samplers read 'uniform' (the flag's default) as their scheduler's own
-  default placement."""
-  if sampler in DIFFUSERS_DEFAULT_SPACING:
-    if spacing == 'uniform':
-      return DIFFUSERS_DEFAULT_SPACING[sampler]
-    if spacing not in DIFFUSERS_SPACINGS:
-      raise FlagError(f'--spacing for --sampler {sampler} must be one of {DIFFUSERS_SPACINGS} '
-                       f'(or uniform: {DIFFUSERS_DEFAULT_SPACING[sampler]}), got {spacing!r}')
-  elif spacing not in SPACINGS:
-    raise FlagError(f'--spacing for --sampler {sampler} must be one of {SPACINGS}, got {spacing!r}')
-  return spacing
-
-
-def check_order(sampler, order):
-  """The solver order of ``sampler`` (its default for None); an error for a bad one."""
-  if sampler not in DEFAULT_ORDERS:
-    if order is not None:
-      raise FlagError(f'--order applies to --sampler {" or ".join(DEFAULT_ORDERS)}, not {sampler}')
-    return None
-  if order is None:
-    return DEFAULT_ORDERS[sampler]
-  if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in SOLVER_ORDERS:
-    raise FlagError(f'--order for --sampler {sampler} must be one of {SOLVER_ORDERS}, got {order!r}')
-  return int(order)
-
-
-def _check_steps(steps, T):
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
-    raise FlagError(f'--steps must be an integer between 1 and the {T} diffusion steps, got {steps!r}')
-  return int(steps)
-
-
 class Sampler:
   """Draws batches (float32 [B, H, W, C] in [-1, 1], not clipped) from a script model
-  (``.diffusion``, ``.denoise``, ``.image_shape``) with one of the samplers.
+  (``.diffusion``, ``.denoise``, ``.image_shape``) with one of the samplers (``.settings``,
+  a `SamplerSettings`).
 
-  The noise comes from a `tf.random.Generator` reset to each batch's seed: resetting the
-  global seed would not reseed an already-compiled sampling loop. Created under a
-  strategy's scope, the generator gives every replica its own stream.
+  The noise comes from the Sampler's one `tf.random.Generator`, reset to each batch's seed (an
+  input of the compiled loop, not part of it: resetting the global seed would not reseed a
+  compiled loop). Created under a strategy's scope, the generator gives every replica its own
+  stream. The Sampler owns its compiled loops, one per batch size, traced at the first batch
+  of that size; dropping the Sampler frees them.
 
   ``constant_weights=True`` compiles the loop with the network's weights as graph constants
   (`nn.constant_weights`: oneDNN then reorders each filter once instead of at every step)
@@ -262,82 +557,49 @@ class Sampler:
 
   def __init__(self, model, *, sampler='ddpm', steps=None, eta=0., spacing='uniform', order=None,
                skip_prk_steps=False, strategy=None, constant_weights=False):
-    if sampler not in SAMPLERS:
-      raise FlagError(f'--sampler must be one of {SAMPLERS}, got {sampler!r}')
-    self.model, self.sampler, self.eta, self.spacing = model, sampler, float(eta), spacing
-    self.diffusion = model.diffusion
-    T = self.diffusion.num_timesteps
-    self.order, self.skip_prk_steps = check_order(sampler, order), bool(skip_prk_steps)
-    self.spacing = check_spacing(sampler, spacing)
-    if sampler in DIFFUSERS_DEFAULT_SPACING:
-      self.steps = DEFAULT_STEPS[sampler] if steps is None else _check_steps(steps, T)
-    else:
-      self.steps = None if steps in (None, T) else _check_steps(steps, T)
-    self.timesteps = self._evaluation_timesteps()  # validates before any work
+    self.model, self.diffusion = model, model.diffusion
+    self.settings = SamplerSettings.resolve(sampler, self.diffusion.num_timesteps, steps=steps,
+                                            eta=eta, spacing=spacing, order=order,
+                                            skip_prk_steps=skip_prk_steps)
+    s = self.settings
+    self.sampler, self.steps, self.eta, self.spacing = s.name, s.steps, s.eta, s.spacing
+    self.order, self.skip_prk_steps, self.timesteps = s.order, s.skip_prk_steps, s.timesteps
     self.strategy = strategy or tf.distribute.get_strategy()
     with self.strategy.scope():
       self._gen = tf.random.Generator.from_seed(0)
-    self._respaced = None
-    if sampler == 'ddpm' and self.steps is not None:
-      self._respaced = respace(self.diffusion, self.timesteps)
     self.constant_weights = constant_weights
-    self._frozen = {}  # batch size -> loop compiled with constant weights
+    self._compiled = {}  # batch size -> compiled loop (a ConcreteFunction)
 
-  def _evaluation_timesteps(self):
-    T = self.diffusion.num_timesteps
-    if self.sampler in ('ddpm', 'ddim'):
-      return timestep_sequence(T, self.steps, self.spacing)
-    if self.sampler == 'pndm':
-      return diffusers_timesteps(T, self.steps, self.spacing, scheduler='pndm',
-                                 skip_prk_steps=self.skip_prk_steps)
-    return diffusers_timesteps(T, self.steps, self.spacing, scheduler=self.sampler)
+  @property
+  def _frozen(self):
+    return self._compiled
 
   @property
   def num_evaluations(self):
     """Network evaluations per sample."""
-    return len(self.timesteps)
+    return self.settings.num_evaluations
 
   def describe(self):
-    T = self.diffusion.num_timesteps
-    s = f'{self.sampler} with {self.steps or T} of {T} steps'
-    if self.sampler in DIFFUSERS_DEFAULT_SPACING:
-      return (s + f' ({self.spacing} spacing' + (f', order {self.order}' if self.order else '')
-              + f', {self.num_evaluations} network evaluations)')
-    if self.steps:
-      s += f' ({self.spacing} spacing)'
-    return s + (f', eta={self.eta}' if self.sampler == 'ddim' else '')
+    return self.settings.describe()
 
   def noise(self, shape, dtype=tf.float32):
     return self._gen.normal(shape, dtype=dtype)
 
   def sample(self, batch_size):
     """One batch as a tensor, with the generator's current noise stream."""
-    if not self.constant_weights or not tf.executing_eagerly():
+    if not tf.executing_eagerly():  # inside a caller's graph (SampleBatcher): inlined
       return self._sample_loop(batch_size)
-    fn = self._frozen.get(batch_size)
+    fn = self._compiled.get(batch_size)
     if fn is None:
-      with nn.constant_weights():  # traced now, so the weights are read now
-        fn = tf.function(lambda: self._sample_loop(batch_size)).get_concrete_function()
-      self._frozen[batch_size] = fn
+      # With constant weights the trace reads the weights now.
+      with nn.constant_weights() if self.constant_weights else contextlib.nullcontext():
+        fn = tf.function(functools.partial(self._sample_loop, batch_size)).get_concrete_function()
+      self._compiled[batch_size] = fn
     return fn()
 
   def _sample_loop(self, batch_size):
-    shape = (batch_size, *self.model.image_shape)
-    if self.sampler == 'pndm':
-      return pndm_sample_loop(self.diffusion, self.model.denoise, shape=shape, steps=self.steps,
-                              skip_prk_steps=self.skip_prk_steps, spacing=self.spacing,
-                              noise_fn=self.noise)
-    if self.sampler in DEFAULT_ORDERS:
-      loop = dpm_solver_sample_loop if self.sampler == 'dpmsolver++' else unipc_sample_loop
-      return loop(self.diffusion, self.model.denoise, shape=shape, steps=self.steps,
-                  order=self.order, spacing=self.spacing, noise_fn=self.noise)
-    if self.sampler == 'ddim':
-      return ddim_sample_loop(self.diffusion, self.model.denoise, shape=shape,
-                              timesteps=self.timesteps, eta=self.eta, noise_fn=self.noise)
-    if self._respaced is None:
-      return self.diffusion.p_sample_loop(self.model.denoise, shape=shape, noise_fn=self.noise)
-    new, wrap = self._respaced
-    return new.p_sample_loop(wrap(self.model.denoise), shape=shape, noise_fn=self.noise)
+    return self.settings.loop(self.diffusion, self.model.denoise,
+                              shape=(batch_size, *self.model.image_shape), noise_fn=self.noise)
 
   def __call__(self, batch_size, seed):
     """One batch drawn with noise seed ``seed``: float32 numpy [batch_size, H, W, C]."""
@@ -348,7 +610,11 @@ class Sampler:
 def generate_samples(model, num_samples, batch_size, *, sampler='ddpm', steps=None, eta=0.,
                      spacing='uniform', order=None, seed=0, log_fn=utils.log):
   """``num_samples`` samples in batches: float32 [N, H, W, C] in [-1, 1], with progress.
-  Batch i uses noise seed ``batch_seed(seed, i)``, so a seed fixes the samples."""
+
+  Batch i uses noise seed ``batch_seed(seed, i)``: its generator is reset to that seed and
+  draws x_T first, then the step noise. A pipeline called with ``seed=batch_seed(seed, i)``
+  (and the same batch size and sampler) draws its latents the same way, so it gives batch i.
+  """
   # One Sampler per call, so the weights cannot change under its constant-weight loop.
   draw = Sampler(model, sampler=sampler, steps=steps, eta=eta, spacing=spacing, order=order,
                  constant_weights=True)

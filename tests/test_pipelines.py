@@ -161,3 +161,119 @@ def test_evaluation_reads_a_pretrained_model_as_a_run(tmp_path):
   assert model.image_shape == (8, 8, 3) and model.diffusion.model_var_type == 'fixedlarge'
   with pytest.raises(ValueError, match='evaluate it with the script of its data set'):
     runners._pretrained_for(FOLDERS['google'], (32, 32, 3))
+
+
+# ----------------------------------------------------------------------------- swapping samplers
+
+def test_a_pipeline_with_dpmsolver_gives_the_scripts_samples():
+  """``DDPMPipeline.from_pretrained(folder, scheduler='dpmsolver++')`` (or a
+  DPMSolverMultistepScheduler config) is the scripts' ``--sampler dpmsolver++ --steps 20`` for
+  the same x_T; a pipeline called with ``seed=batch_seed(seed, i)`` gives generate_samples'
+  batch i (also for the stochastic strided DDPM, whose step noise follows the latents)."""
+  from diffusion_tf import sampling
+  model = pipelines.pretrained_model(FOLDERS['google'])
+  by_name = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google'], scheduler='dpmsolver++')
+  config = dict(json.load(open(os.path.join(FOLDERS['google'], 'scheduler_config.json'))),
+                _class_name='DPMSolverMultistepScheduler', timestep_spacing='linspace')
+  by_config = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google'], scheduler=config)
+  assert by_name.scheduler.config == by_config.scheduler.config
+  assert by_config.scheduler.config['_class_name'] == 'DPMSolverMultistepScheduler'
+  images = lambda x: np.clip(x / 2 + .5, 0., 1.)
+  # The same x_T: the latents the scripts' batch 0 draws from its seed.
+  cli = sampling.generate_samples(model, 2, 2, sampler='dpmsolver++', steps=20, seed=5, log_fn=None)
+  x_T = tf.random.Generator.from_seed(sampling.batch_seed(5, 0)).normal((2, 8, 8, 3))
+  for pipe in (by_name, by_config):
+    got = pipe(batch_size=2, num_inference_steps=20, latents=x_T, output_type='np', progress=False)
+    np.testing.assert_allclose(got.images, images(cli), rtol=0, atol=2e-6)
+  # Seeds: batch i of a run seeded 5 is the pipeline's seed batch_seed(5, i).
+  for sampler, steps, pipe in (('dpmsolver++', 20, by_name),
+                               ('ddpm', 10, pipelines.DDPMPipeline.from_pretrained(FOLDERS['google']))):
+    cli = sampling.generate_samples(model, 3, 2, sampler=sampler, steps=steps, seed=5, log_fn=None)
+    for i, batch in enumerate((cli[:2], cli[2:])):
+      got = pipe(batch_size=len(batch), num_inference_steps=steps, seed=sampling.batch_seed(5, i),
+                 output_type='np', progress=False).images
+      np.testing.assert_allclose(got, images(batch), rtol=0, atol=2e-6)
+
+
+class FakeDiffusersScheduler:
+  """Duck-types a diffusers scheduler: a ``.config`` mapping without _class_name."""
+
+  def __init__(self, **config):
+    self.config = config
+
+
+def test_scheduler_swaps_and_save_pretrained_writes_it(tmp_path):
+  pipe = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google'])
+  assert pipe.scheduler.config['_class_name'] == 'DDPMScheduler'
+  assert pipe.scheduler.config['variance_type'] == 'fixed_large'
+  UniPCMultistepScheduler = type('UniPCMultistepScheduler', (FakeDiffusersScheduler,), {})
+  cfg = {k: v for k, v in pipe.scheduler.config.items() if k != '_class_name'}
+  pipe.scheduler = UniPCMultistepScheduler(**cfg, solver_order=3)
+  assert pipe.scheduler.settings.name == 'unipc' and pipe.scheduler.settings.order == 3
+  assert pipe.scheduler.settings.spacing == 'leading'  # the config's, as diffusers' from_config
+  assert pipe.num_evaluations(7) == 7
+  pipe.scheduler = pipelines.Scheduler.from_config(pipe.scheduler.config, 'PNDMScheduler')
+  assert pipe.num_evaluations(10) == 19
+  pipe.scheduler = 'ddim'
+  out = pipe.save_pretrained(str(tmp_path / 'hub'))
+  sched = json.load(open(os.path.join(out, 'scheduler', 'scheduler_config.json')))
+  index = json.load(open(os.path.join(out, 'model_index.json')))
+  assert sched['_class_name'] == 'DDIMScheduler' and index['scheduler'] == ['diffusers', 'DDIMScheduler']
+  assert index['_class_name'] == 'DDPMPipeline'
+  again = pipelines.DDPMPipeline.from_pretrained(out)  # its own sampler: DDPM on that schedule
+  assert again.scheduler.settings.name == 'ddpm'
+  assert pipelines.DDIMPipeline.from_pretrained(out).scheduler_config['set_alpha_to_one']
+  with pytest.raises(ValueError, match='--sampler'):
+    pipe.scheduler = 'euler'
+  with pytest.raises(ValueError, match='EulerDiscreteScheduler'):
+    pipe.scheduler = dict(cfg, _class_name='EulerDiscreteScheduler')
+  with pytest.raises(ValueError, match='algorithm_type'):
+    pipe.scheduler = dict(cfg, _class_name='DPMSolverMultistepScheduler', algorithm_type='dpmsolver')
+
+
+@pytest.mark.parametrize('name,steps', [('ddpm', 50), ('ddpm', 7), ('ddpm', 1000), ('ddim', 1),
+                                        ('ddim', 1000), ('pndm', 4), ('pndm', 333)])
+def test_every_pipeline_runs_with_any_step_count(name, steps):
+  pipe = pipelines.PIPELINES[name].from_pretrained(FOLDERS['google'])
+  out = pipe(num_inference_steps=steps, seed=0, output_type='np', progress=False).images
+  assert out.shape == (1, 8, 8, 3) and np.isfinite(out).all()
+
+
+def test_a_new_seed_does_not_trace_again():
+  pipe = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'])
+  traces = []
+  denoise = pipe._denoise
+  pipe._denoise = lambda x, t: traces.append(1) or denoise(x, t)  # Python runs only when tracing
+  a = pipe(num_inference_steps=4, seed=1, output_type='np', progress=False).images
+  n = len(traces)
+  assert n > 0
+  b = pipe(num_inference_steps=4, seed=2, output_type='np', progress=False).images
+  gen = tf.random.Generator.from_seed(1)
+  c = pipe(num_inference_steps=4, generator=gen, output_type='np', progress=False).images
+  d = pipe(num_inference_steps=4, seed=1, eta=1., output_type='np', progress=False).images
+  assert len(traces) == 2 * n  # only the new eta traced
+  np.testing.assert_array_equal(a, c)
+  assert np.abs(a - b).max() > 1e-3 and np.abs(a - d).max() > 1e-3
+  # The caller's generator advanced as if it had drawn the latents itself.
+  ref = tf.random.Generator.from_seed(1)
+  ref.normal((1, 8, 8, 3))
+  np.testing.assert_array_equal(gen.state.numpy(), ref.state.numpy())
+
+
+def test_pipelines_and_their_loops_are_freed():
+  import gc
+  import weakref
+  from diffusion_tf import diffusers_format as fmt, diffusion_utils_2 as d2
+  betas = d2.get_beta_schedule('linear', beta_start=1e-4, beta_end=0.2, num_diffusion_timesteps=10)
+  diffusion = d2.GaussianDiffusion2(betas=betas, model_mean_type='eps', model_var_type='fixedlarge',
+                                    loss_type='mse')
+  refs = []
+  for i in range(20):
+    net = unet.UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), out_ch=3, resolution=4,
+                    in_ch=3, norm_num_groups=4)
+    pipe = pipelines.PIPELINES[('ddpm', 'ddim', 'pndm')[i % 3]](net, fmt.scheduler_config(diffusion))
+    pipe(num_inference_steps=4, seed=i, output_type='np', progress=False)
+    refs += [weakref.ref(pipe), weakref.ref(net)]
+    del pipe, net
+  gc.collect()
+  assert [r for r in refs if r() is not None] == []

@@ -296,3 +296,84 @@ def test_runs_recorded_before_the_channels_option_read_as_rgb(tmp_path):
   # Scripts without the option (the paper's data sets) are unaffected.
   import scripts.run_cifar as run_cifar
   assert 'channels' not in runners.read_run_kwargs(str(old), runners.script_defaults(run_cifar.train))
+
+
+# ----------------------------------------------------------------------------- the registry
+
+def _old_output_tag(sampler, steps, order, eta, T):
+  """runners.sample's tag before the registry (the reference)."""
+  return (f'{sampler}{steps or {"pndm": 50, "dpmsolver++": 20, "unipc": 20}.get(sampler, T)}'
+          + (f'_order{order}' if order is not None else '') + (f'_eta{eta}' if sampler == 'ddim' else ''))
+
+
+def _old_eval_dir_name(sb, T):
+  """eval_worker.eval_dir_name before the registry, on a Sampler (the reference)."""
+  if sb.sampler == 'ddpm' and sb.steps is None:
+    return 'eval'
+  name = f'eval_{sb.sampler}{sb.steps or T}'
+  if sb.steps is not None and sb.spacing != 'uniform':
+    name += f'_{sb.spacing}'
+  name += f'_order{sb.order}' if sb.order is not None else ''
+  return name + (f'_eta{sb.eta}' if sb.sampler == 'ddim' else '')
+
+
+@pytest.mark.parametrize('sampler,steps,order,eta,spacing', [
+    ('ddpm', None, None, 0., 'uniform'), ('ddpm', 1000, None, 0., 'uniform'), ('ddpm', 100, None, 0., 'quad'),
+    ('ddim', None, None, 0., 'uniform'), ('ddim', 50, None, 1.0, 'uniform'), ('ddim', 20, None, 0.5, 'quad'),
+    ('pndm', None, None, 0., 'uniform'), ('pndm', 10, None, 0., 'linspace'),
+    ('dpmsolver++', None, None, 0., 'uniform'), ('dpmsolver++', 12, 3, 0., 'trailing'),
+    ('unipc', 10, 1, 0., 'leading'), ('unipc', None, 2, 0., 'uniform')])
+def test_settings_give_the_old_tags_and_folders(sampler, steps, order, eta, spacing):
+  T = 1000
+  settings = sampling.SamplerSettings.resolve(sampler, T, steps=steps, order=order, eta=eta,
+                                              spacing=spacing)
+  assert settings.output_tag() == _old_output_tag(sampler, steps, order, eta, T)
+  model = type('M', (), dict(diffusion=d2.GaussianDiffusion2(
+      betas=_betas(T), model_mean_type='eps', model_var_type='fixedlarge', loss_type='mse'),
+      denoise=staticmethod(_denoise), image_shape=(4, 4, 3)))()
+  draw = sampling.Sampler(model, sampler=sampler, steps=steps, order=order, eta=eta, spacing=spacing)
+  assert settings.eval_dir_name() == _old_eval_dir_name(draw, T) == draw.settings.eval_dir_name()
+  assert draw.describe() == settings.describe() and sampler in settings.describe()
+
+
+class _TinyModel:
+  """A script model whose network is one variable (fast to trace)."""
+
+  def __init__(self, T=20):
+    betas = d2.get_beta_schedule('linear', beta_start=1e-4, beta_end=0.2, num_diffusion_timesteps=T)
+    self.diffusion = d2.GaussianDiffusion2(betas=betas, model_mean_type='eps',
+                                           model_var_type='fixedlarge', loss_type='mse')
+    self.w = tf.Variable(0.3)
+    self.image_shape = (4, 4, 3)
+    self.traces = 0
+
+  def denoise(self, x, t):
+    self.traces += 1  # Python: runs only while a loop is traced
+    return self.w * x + 0.002 * tf.cast(t, tf.float32)[:, None, None, None]
+
+
+def test_samplers_and_their_loops_are_freed():
+  import gc
+  import weakref
+  refs = []
+  for i in range(20):
+    model = _TinyModel()
+    draw = sampling.Sampler(model, sampler=sampling.SAMPLERS[i % len(sampling.SAMPLERS)], steps=4,
+                            constant_weights=bool(i % 2))
+    draw(2, seed=i)
+    refs += [weakref.ref(model), weakref.ref(draw)]
+    del model, draw
+  gc.collect()
+  assert [r for r in refs if r() is not None] == []
+
+
+def test_a_new_seed_does_not_trace_again():
+  model = _TinyModel()
+  draw = sampling.Sampler(model, sampler='ddpm', steps=5, constant_weights=True)
+  a = draw(2, seed=1)
+  traces = model.traces
+  assert traces > 0
+  b, c = draw(2, seed=2), draw(2, seed=1)
+  assert model.traces == traces and len(draw._compiled) == 1
+  np.testing.assert_array_equal(a, c)
+  assert np.abs(a - b).max() > 1e-3

@@ -260,3 +260,43 @@ def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
                '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
   assert proc.returncode != 0 and '--order' in proc.stderr
   assert not os.path.exists(out + '_bad.npz')
+
+
+class ReplayNoise(tf.Module):
+  """Replays diffusers' recorded step noise, then zeros (ours draws at the last step too)."""
+
+  def __init__(self, noise):
+    super().__init__()
+    self.noise = tf.constant(np.concatenate([noise, np.zeros_like(noise[:1])]))
+    self.i = tf.Variable(0)
+
+  def normal(self, shape, dtype=tf.float32):
+    i = self.i.assign_add(1) - 1
+    return tf.cast(tf.reshape(tf.gather(self.noise, i), shape), dtype)
+
+
+@pytest.mark.parametrize('name,var_type,spacing,steps', [
+    ('ddpm_large_50', 'fixedlarge', 'leading', 50), ('ddpm_small_50', 'fixedsmall', 'leading', 50),
+    ('ddpm_large_trailing_8', 'fixedlarge', 'trailing', 8)])
+def test_strided_ddpm_matches_diffusers_with_its_noise(fx, name, var_type, spacing, steps):
+  """The pipelines' strided DDPM (settings read from a DDPMScheduler config) is diffusers'
+  DDPMScheduler with num_inference_steps; for 'leading' spacing without offset (the google
+  models) the scripts' ``--sampler ddpm --steps N`` is the same sampler. 'trailing' ends on
+  t > 0, where diffusers adds noise at the last step (and the scripts' sampler does not)."""
+  diffusion = _v2('eps', var_type)
+  den = GaussianDenoiser(diffusion, fx['mu'])
+  config = {'_class_name': 'DDPMScheduler', 'variance_type': var_type.replace('fixed', 'fixed_'),
+            'timestep_spacing': spacing, 'clip_sample': True}
+  settings = sampling.settings_from_scheduler_config(config)[0].with_steps(steps)
+  np.testing.assert_array_equal(settings.timesteps[::-1], fx[f'{name}/timesteps'])
+  x_T, noise = fx['x_T'], fx[f'{name}/noise']
+  out = settings.loop(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=ReplayNoise(noise).normal)
+  want = fx[f'{name}/trajectory'][-1]
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+  assert int(den.calls.numpy()) == steps
+  scripts = sampling.SamplerSettings.resolve('ddpm', T, steps=steps).loop(
+      diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=ReplayNoise(noise).normal).numpy()
+  if spacing == 'leading':
+    np.testing.assert_allclose(scripts, out.numpy(), rtol=0, atol=1e-6)
+  else:
+    assert np.abs(scripts - want).max() > 1e-2

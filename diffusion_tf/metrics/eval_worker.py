@@ -484,16 +484,10 @@ class EvalWorker:
   # --------------------------------------------------------------------------- the loop
 
   def eval_dir_name(self, once):
+    """'eval_once_<time>' for one pass, else the sampler's folder (`SamplerSettings.eval_dir_name`)."""
     if once:
       return f'eval_once_{time.time()}'
-    sb = self.sample_batches
-    if sb.sampler == 'ddpm' and sb.steps is None:
-      return 'eval'
-    name = f'eval_{sb.sampler}{sb.steps or self.model.diffusion.num_timesteps}'
-    if sb.steps is not None and sb.spacing != 'uniform':
-      name += f'_{sb.spacing}'
-    name += f'_order{sb.order}' if sb.order is not None else ''
-    return name + (f'_eta{sb.eta}' if sb.sampler == 'ddim' else '')
+    return self.sample_batches.settings.eval_dir_name()
 
   def _checkpoints(self, logdir, load_ckpt, poll_interval, timeout, once=False):
     if load_ckpt:
