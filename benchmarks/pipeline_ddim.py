@@ -5,8 +5,8 @@ on the same weights (the google/ddpm-cifar10-32 U-Net, `unet2d16b2`, random weig
                                        [--isa avx2] [--out benchmarks/.pipeline_ddim]
 
 Writes the model once with our `save_pretrained` (a diffusers folder), then runs two worker
-processes, ours and diffusers' (under ``--torch-python``, default /work/venv-torch or
-benchmarks/.venv-torch), each loading that folder, and times whole pipeline calls: the first
+processes, ours and diffusers' (under ``--torch-python``, default $DIFFUSION_TF_TORCH_PYTHON or
+benchmarks/.venv-torch, see setup_torch_env.sh), each loading that folder, and times whole pipeline calls: the first
 call on its own (ours traces and compiles its loop there), then ``--repeats`` later calls with
 new seeds, alternating ours and diffusers' call by call. Prints medians and the CPU; not a
 test. ``--isa avx2`` caps oneDNN in both (``ONEDNN_MAX_CPU_ISA=AVX2``).
@@ -112,9 +112,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--repeats', type=int, default=7)
   p.add_argument('--threads', type=int, default=2)
-  p.add_argument('--torch-python', default=next(
-      (x for x in ('/work/venv-torch/bin/python', os.path.join(HERE, '.venv-torch', 'bin', 'python'))
-       if os.path.exists(x)), None))
+  # The same torch side as run.py: benchmarks/.venv-torch (setup_torch_env.sh) or the variable.
+  p.add_argument('--torch-python', default=os.environ.get('DIFFUSION_TF_TORCH_PYTHON') or os.path.join(
+      HERE, '.venv-torch', 'bin', 'python'))
   p.add_argument('--isa', choices=('native', 'avx2'), default='native')
   p.add_argument('--out', default=os.path.join(HERE, '.pipeline_ddim'))
   p.add_argument('--worker', choices=('ours', 'diffusers'))
@@ -122,7 +122,7 @@ def main():
   a = p.parse_args()
   if a.worker:
     return serve(a.worker, a.folder, a.threads)
-  if not a.torch_python:
+  if not os.path.exists(a.torch_python):
     raise SystemExit('no torch venv: bash benchmarks/setup_torch_env.sh or --torch-python PATH')
   folder = write_model(os.path.join(a.out, 'model'))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=ROOT, OMP_NUM_THREADS=str(a.threads))

@@ -163,15 +163,49 @@ class DiffusionTables:
   def _run_compiled(self, impl, static_args, tensor_args):
     """Runs ``impl(*static_args, *tensor_args)`` as one compiled graph.
 
-    Inside a graph (a caller's `tf.function`) it is inlined. Called eagerly it is compiled
-    for this call only: nothing here keeps a compiled loop (or the network it captured)
-    alive. Callers that sample repeatedly own their compiled loops (`sampling.Sampler`, the
-    pipelines). Either way the T steps run inside a `tf.while_loop`, never as T
-    Python-dispatched steps.
+    Inside a graph (a caller's `tf.function`) it is inlined. Called eagerly, the compiled loop
+    is kept by the owner of the network function among ``static_args`` (the object of a bound
+    method such as ``model.denoise``, or the function itself), so a second identical call does
+    not trace again, and the loop lives exactly as long as the network it captured: nothing
+    module-level keeps a model alive. Callers that sample repeatedly with new noise own their
+    loops (`sampling.Sampler`, the pipelines). Either way the T steps run inside a
+    `tf.while_loop`, never as T Python-dispatched steps.
     """
     if not tf.executing_eagerly():
       return impl(*static_args, *tensor_args)
-    return tf.function(functools.partial(impl, *static_args))(*tensor_args)
+    cache = _loop_cache(static_args)
+    key = (self, impl.__name__) + tuple(static_args)
+    try:
+      fn = cache.get(key) if cache is not None else None
+    except TypeError:  # an unhashable static argument: compile for this call
+      cache = fn = None
+    if fn is None:
+      fn = tf.function(functools.partial(impl, *static_args))
+      if cache is not None:
+        cache[key] = fn
+    return fn(*tensor_args)
+
+
+class _LoopCache:
+  """Compiled loops kept on the owner of a network function (a plain object: `tf.Module`
+  attribute walks treat it as a leaf)."""
+
+  def __init__(self):
+    self.loops = {}
+
+
+def _loop_cache(static_args):
+  """The loops dict kept by the owner of the first function among ``static_args`` (None for
+  an owner that cannot hold one)."""
+  fn = next((a for a in static_args if callable(a) and not isinstance(a, DiffusionTables)), None)
+  owner = getattr(fn, '__self__', fn)
+  holder = getattr(owner, '__dict__', {}).get('_diffusion_tf_loops') if owner is not None else None
+  if holder is None:
+    try:
+      holder = owner.__dict__['_diffusion_tf_loops'] = _LoopCache()
+    except (AttributeError, TypeError):
+      return None
+  return holder.loops
 
 
 def timestep_loop(num_steps, body, loop_vars):

@@ -246,8 +246,8 @@ class SamplerSettings:
   ``steps`` None means all T (ddpm, ddim). ``spacing`` in `SPACINGS` is our placement (the
   scripts' ddpm/ddim), one of `DIFFUSERS_SPACINGS` is diffusers' (with ``steps_offset``); for
   ddim that also selects diffusers' update (`diffusers_ddim_sample_loop`). ``options`` holds
-  further loop keyword arguments as sorted (key, value) pairs; ``requested`` the steps and order
-  as the caller passed them (the output tag names them so). Hashable: a compiled loop's key.
+  further loop keyword arguments as sorted (key, value) pairs; ``requested`` the steps, order and
+  eta as the caller passed them (the output tag names them so: ``--eta 1`` is ``_eta1``). Hashable: a compiled loop's key.
 
   Make one with `resolve` (the scripts' flags, validated as they are) or
   `settings_from_scheduler_config` (a diffusers scheduler config).
@@ -270,7 +270,7 @@ class SamplerSettings:
   set_alpha_to_one: bool = False
   clip_sample: bool = True
   options: tuple = ()
-  requested: tuple = (None, None)
+  requested: tuple = (None, None, 0.)
 
   @classmethod
   def resolve(cls, name, num_timesteps, *, steps=None, eta=0., spacing='uniform', order=None,
@@ -286,7 +286,7 @@ class SamplerSettings:
     s = cls(name, T, steps=resolved, eta=float(eta), spacing=check_spacing(name, spacing),
             order=check_order(name, order), skip_prk_steps=bool(skip_prk_steps),
             set_alpha_to_one=bool(entry.config_defaults().get('set_alpha_to_one', False)),
-            requested=(steps, order))
+            requested=(steps, order, eta))
     s.timesteps  # validates the placement before any work
     return s
 
@@ -300,7 +300,7 @@ class SamplerSettings:
     steps = _optional_int('steps', steps, T)
     if self.entry.default_steps is None and steps == T:
       steps = None
-    out = dataclasses.replace(self, steps=steps, requested=(steps, self.requested[1]))
+    out = dataclasses.replace(self, steps=steps, requested=(steps, *self.requested[1:]))
     out.timesteps  # noqa: B018 (validates)
     return out
 
@@ -337,10 +337,10 @@ class SamplerSettings:
   def output_tag(self):
     """The ``sample`` command's output name part: ``ddim50_eta0.0``, ``dpmsolver++20_order3``
     (the steps as given or the default, the order only when given)."""
-    steps, order = self.requested
+    steps, order, eta = self.requested
     tag = f'{self.name}{steps or self.entry.default_steps or self.num_timesteps}'
     return tag + (f'_order{order}' if order is not None else '') + (
-        f'_eta{self.eta}' if self.entry.uses_eta else '')
+        f'_eta{eta}' if self.entry.uses_eta else '')
 
   def eval_dir_name(self):
     """The evaluation's results folder: 'eval' for the full ddpm, else e.g. ``eval_ddim50_eta0.0``,

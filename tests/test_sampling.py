@@ -320,6 +320,7 @@ def _old_eval_dir_name(sb, T):
 @pytest.mark.parametrize('sampler,steps,order,eta,spacing', [
     ('ddpm', None, None, 0., 'uniform'), ('ddpm', 1000, None, 0., 'uniform'), ('ddpm', 100, None, 0., 'quad'),
     ('ddim', None, None, 0., 'uniform'), ('ddim', 50, None, 1.0, 'uniform'), ('ddim', 20, None, 0.5, 'quad'),
+    ('ddim', 50, None, 1, 'uniform'),  # --eta 1 arrives as an int: the tag said _eta1, the folder _eta1.0
     ('pndm', None, None, 0., 'uniform'), ('pndm', 10, None, 0., 'linspace'),
     ('dpmsolver++', None, None, 0., 'uniform'), ('dpmsolver++', 12, 3, 0., 'trailing'),
     ('unipc', 10, 1, 0., 'leading'), ('unipc', None, 2, 0., 'uniform')])
@@ -363,6 +364,22 @@ def test_samplers_and_their_loops_are_freed():
     draw(2, seed=i)
     refs += [weakref.ref(model), weakref.ref(draw)]
     del model, draw
+  gc.collect()
+  assert [r for r in refs if r() is not None] == []
+
+
+def test_eager_library_loops_keep_their_compiled_loop_on_the_model_not_the_module():
+  import gc
+  import weakref
+  refs = []
+  for i in range(20):
+    model = _TinyModel()
+    model.diffusion.p_sample_loop(model.denoise, shape=(2, 4, 4, 3))
+    traces = model.traces
+    model.diffusion.p_sample_loop(model.denoise, shape=(2, 4, 4, 3))
+    assert model.traces == traces  # the second identical call reuses the loop
+    refs.append(weakref.ref(model))
+    del model
   gc.collect()
   assert [r for r in refs if r() is not None] == []
 
