@@ -149,6 +149,7 @@ def test_lsun_decodes_chw_to_hwc(lsun_file):
     np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.slow
 def test_lsun_drop_remainder_max_images_and_repeat(lsun_file):
   path, images = lsun_file
   expected = {x.astype(np.int32).tobytes() for x in images}

@@ -965,6 +965,7 @@ def test_every_timestep_loop_runs_one_iteration_at_a_time():
     assert all(op.get_attr('parallel_iterations') == 1 for op in loops)
 
 
+@pytest.mark.slow
 def test_bpd_loop_with_a_unet_is_stable_when_repeated():
   """The crash above, as it showed: the bits/dim loop of a small U-Net, called repeatedly."""
   from diffusion_tf.models.unet import UNet

@@ -78,6 +78,7 @@ def test_name_follows_the_weights(tmp_path):
   assert digits_features.load_extractor(path).name != ext.name
 
 
+@pytest.mark.slow
 def test_make_script_writes_loadable_weights(tmp_path):
   out = str(tmp_path / 'w.npz')
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'make_digits_features.py'),

@@ -386,6 +386,7 @@ def test_digits_evaluation_command_uses_digits_features(run_dir, stats_dir, offl
   assert np.isfinite(rec[f'samples/trainfid{N}']) and np.isfinite(rec[f'samples/fid{N}'])
 
 
+@pytest.mark.slow
 def test_progressive_samples_dump(tmp_path, dataset):
   kw = dict(KW, num_diffusion_timesteps=50)  # one x0 prediction slot (every 50 steps)
   worker = SimpleEvalWorker(lambda: runners.make_model(kw, (RES, RES, 3)), 2, dataset)

@@ -346,6 +346,7 @@ def _run_python(code, env_extra=None):
   return res.stdout
 
 
+@pytest.mark.slow
 def test_import_does_not_download(tmp_path):
   # The original downloaded the graph when tpu_utils was imported; we must not.
   out = _run_python("""
@@ -361,6 +362,7 @@ def test_import_does_not_download(tmp_path):
   assert not (tmp_path / 'root').exists()
 
 
+@pytest.mark.slow
 def test_run_inception_under_mirrored_strategy():
   # Needs 2 logical CPUs, which must be configured before TF initialises: use a subprocess.
   out = _run_python("""

@@ -306,6 +306,7 @@ def _load_in_subprocess(env):
 
 
 @pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler on this machine')
+@pytest.mark.slow
 def test_fused_kernel_builds_from_an_empty_cache(tmp_path):
   """A fresh machine: the kernel compiles into the cache once (atomically, nothing else left
   there), the next process reuses the file, and an unwritable cache falls back to the temp dir."""

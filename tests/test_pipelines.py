@@ -40,7 +40,7 @@ class ReplayNoise(tf.Module):
     return tf.cast(tf.reshape(tf.gather(self.noise, i), shape), dtype)
 
 
-@pytest.mark.parametrize('tag', ['google', 'uncond'])
+@pytest.mark.parametrize('tag', ['google', pytest.param('uncond', marks=pytest.mark.slow)])
 def test_ddpm_pipeline_matches_diffusers_with_its_noise(ref, tag):
   pipe = pipelines.DDPMPipeline.from_pretrained(FOLDERS[tag])
   out = pipe(batch_size=1, latents=ref[f'{tag}_ddpm_xT'], output_type='np', progress=False,
@@ -231,8 +231,9 @@ def test_scheduler_swaps_and_save_pretrained_writes_it(tmp_path):
     pipe.scheduler = dict(cfg, _class_name='DPMSolverMultistepScheduler', algorithm_type='dpmsolver')
 
 
-@pytest.mark.parametrize('name,steps', [('ddpm', 50), ('ddpm', 7), ('ddpm', 1000), ('ddim', 1),
-                                        ('ddim', 1000), ('pndm', 4), ('pndm', 333)])
+@pytest.mark.parametrize('name,steps', [('ddpm', 50), ('ddpm', 7), pytest.param('ddpm', 1000, marks=pytest.mark.slow),
+                                        ('ddim', 1), pytest.param('ddim', 1000, marks=pytest.mark.slow),
+                                        ('pndm', 4), ('pndm', 333)])
 def test_every_pipeline_runs_with_any_step_count(name, steps):
   pipe = pipelines.PIPELINES[name].from_pretrained(FOLDERS['google'])
   out = pipe(num_inference_steps=steps, seed=0, output_type='np', progress=False).images

@@ -139,3 +139,9 @@ def test_a_run_made_before_recipes_resumes_and_samples(name, tmp_path, monkeypat
   commands.sample(model_dir=run, num_samples=2, batch_size=2, sampler='ddim', steps=2)
   with np.load(f'{run}/samples_ddim2_eta0.0_ema1_step{LEGACY.STEPS + 1}.npz') as f:
     assert f['samples'].shape == (2, 8, 8, 1 if name == 'digits' else 3)
+  if script == 'run_celebahq':  # the LSUN script has the same v1 model and defaults
+    importlib.import_module('scripts.run_lsun').sample(
+        ckpt=f'{run}/model.ckpt-{LEGACY.STEPS + 1}', num_samples=2, batch_size=2, steps=2,
+        out='lsun_sample')
+    with np.load('lsun_sample.npz') as f:
+      assert f['samples'].shape == (2, 8, 8, 3)

@@ -145,6 +145,7 @@ def _run(args):
                         timeout=600)
 
 
+@pytest.mark.slow
 def test_sample_command_on_a_bare_original_layout_checkpoint(tmp_path):
   import scripts.run_digits as run_digits
   kw = runners.script_defaults(run_digits.train)
@@ -183,6 +184,7 @@ def test_sample_uses_ema_by_default_and_raw_on_request(tmp_path):
     assert step == 5
 
 
+@pytest.mark.slow
 def test_sample_command_on_full_size_cifar_checkpoint(tmp_path):
   """The released CIFAR-10 layout at full size (random values): loads and samples."""
   net = unet.UNet(**unet.MODEL_CONFIGS['unet2d16b2'], out_ch=3, resolution=32)
@@ -198,6 +200,7 @@ def test_sample_command_on_full_size_cifar_checkpoint(tmp_path):
   assert np.load(out + '.npz')['samples'].shape == (2, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_sample_rejects_wrong_configuration_with_a_clear_error(tmp_path):
   net = unet.UNet(**unet.MODEL_CONFIGS['unet_digits'], out_ch=6, resolution=16)
   prefix, _ = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), net, 1)
@@ -233,7 +236,8 @@ def _randomized_digits_model(T=20):
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize('sampler', sampling.SAMPLERS)
+@pytest.mark.parametrize('sampler', [s if s == 'ddpm' else pytest.param(s, marks=pytest.mark.slow)
+                                     for s in sampling.SAMPLERS])
 def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weights(sampler):
   model = _randomized_digits_model()
   plain = sampling.Sampler(model, sampler=sampler, steps=10)
@@ -372,7 +376,7 @@ def test_eager_library_loops_keep_their_compiled_loop_on_the_model_not_the_modul
   import gc
   import weakref
   refs = []
-  for i in range(20):
+  for i in range(5):
     model = _TinyModel()
     model.diffusion.p_sample_loop(model.denoise, shape=(2, 4, 4, 3))
     traces = model.traces

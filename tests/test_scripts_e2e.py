@@ -133,6 +133,7 @@ def test_digits_sample(digits_run, work):
 
 
 @pytest.mark.parametrize('sampler', sampling.SAMPLERS)
+@pytest.mark.slow
 def test_digits_evaluation_every_sampler(digits_run, work, sampler):
   # Issue 17's command (at tiny size): it crashed on the grey default model.
   before = set(glob.glob(os.path.join(digits_run, 'eval_once_*')))
@@ -154,6 +155,7 @@ def test_digits_evaluation_every_sampler(digits_run, work, sampler):
 
 # ----------------------------------------------------------------------------- run_cifar
 
+@pytest.mark.slow
 def test_cifar_commands(cifar_run, work):
   run_script('run_cifar.py', 'sample', '--model_dir', cifar_run, '--num_samples', NUM,
              '--batch_size', NUM, '--steps', 5, '--out', work / 'cifar_sample', cwd=work,
@@ -173,6 +175,7 @@ def test_cifar_commands(cifar_run, work):
   assert re.search(r'^Trained 1 steps in \S+; checkpoint \S+model\.ckpt-4; logs ', last), last
 
 
+@pytest.mark.slow
 def test_celebahq_and_lsun_commands(celebahq_run, work):
   for script in ('run_celebahq.py', 'run_lsun.py'):  # the same v1 model and defaults
     out = work / f'{script}_sample'
@@ -221,6 +224,7 @@ def test_default_data_missing_is_the_documented_error(script, command, message, 
 
 # ----------------------------------------------------------------------------- interop
 
+@pytest.mark.slow
 def test_sample_exports_arr0_npz_and_pngs(digits_run, work):
   out, npz, pngs = work / 'exp_sample', work / 'exp_sample_arr0.npz', work / 'exp_pngs'
   run_script('run_digits.py', 'sample', '--model_dir', digits_run, '--num_samples', NUM,

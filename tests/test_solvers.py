@@ -242,6 +242,7 @@ def test_bad_arguments_fail_before_work(kwargs, match):
     sampling.Sampler(_Model(diffusion, denoise), **kwargs)
 
 
+@pytest.mark.slow
 def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
   """``run_digits.py sample --sampler dpmsolver++ --order 3`` samples; ``--order 5`` fails with
   a message naming the flag and writes nothing."""

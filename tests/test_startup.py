@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from diffusion_tf import startup
@@ -43,6 +44,7 @@ def _run(args, env_update):
                         text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_script_starts_without_cuda_noise(tmp_path):
   """A command that fails fast (no checkpoint there) shows its error, not TF's start-up log."""
   proc = _run(['scripts/run_digits.py', 'sample', '--model_dir', str(tmp_path / 'missing')], {})
@@ -54,6 +56,7 @@ def test_script_starts_without_cuda_noise(tmp_path):
   assert not noisy
 
 
+@pytest.mark.slow
 def test_users_log_level_is_respected():
   proc = _run(['-c', 'import os, diffusion_tf; print(os.environ["TF_CPP_MIN_LOG_LEVEL"])'],
               {'TF_CPP_MIN_LOG_LEVEL': '0'})

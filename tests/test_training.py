@@ -410,6 +410,7 @@ def _run(args, **kw):
   return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_default_strategy(tmp_path):
   script = tmp_path / 'mirrored.py'
   script.write_text(_MIRRORED_SCRIPT)
@@ -435,6 +436,7 @@ def _free_port():
     return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multi_worker_training_from_tf_config_matches_one_process(tmp_path):
   """Two worker processes (the multi-host path) from TF_CONFIG: MultiWorkerMirroredStrategy,
   each worker feeding its shard of the global batch, give the one-process result; only the
@@ -513,6 +515,7 @@ def _assert_checkpoints_readable(model_dir):
     assert int(tf.train.load_checkpoint(p).get_tensor('global_step')) == int(p.rsplit('-', 1)[1])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_rerun_resumes(tmp_path):
   log_dir = str(tmp_path)
   proc = _popen(_DIGITS + ['--log_dir', log_dir, '--exp_name', 'term', '--max_steps', '100000'])
@@ -535,6 +538,7 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
   _assert_checkpoints_readable(model_dir)
 
 
+@pytest.mark.slow
 def test_hard_kill_between_checkpoints_resumes_from_last_checkpoint(tmp_path):
   log_dir = str(tmp_path)
   args = _DIGITS + ['--log_dir', log_dir, '--exp_name', 'kill', '--save_every_steps', '2']
@@ -600,6 +604,7 @@ def test_bucket_prefix_maps_every_path_flag(monkeypatch):
   assert seen['region'] is None
 
 
+@pytest.mark.slow
 def test_original_train_command_stops_at_the_data_check(tmp_path):
   proc = _run([sys.executable, 'scripts/run_cifar.py', 'train', '--exp_name', 'E', '--tpu_name', 'my-tpu',
                '--tfds_data_dir', str(tmp_path / 'tfds'), '--log_dir', str(tmp_path / 'logs')], timeout=120)
@@ -624,6 +629,7 @@ def test_bfloat16_training_keeps_float32_variables_and_finite_loss(tmp_path):
   assert int(reader.get_tensor('global_step')) == 3
 
 
+@pytest.mark.slow
 def test_float16_flag_trains_the_digits_model_with_loss_scaling(tmp_path):
   proc = _run(_DIGITS + ['--log_dir', str(tmp_path), '--exp_name', 'f16', '--max_steps', '3',
                          '--mixed_precision', 'float16', '--num_diffusion_timesteps', '50'], timeout=300)
@@ -637,6 +643,7 @@ def test_float16_flag_trains_the_digits_model_with_loss_scaling(tmp_path):
   assert np.isfinite(reader.get_tensor('model/conv_in/W')).all()
 
 
+@pytest.mark.slow
 def test_seed_makes_a_digits_run_reproducible(tmp_path):
   kw = dict(runners.script_defaults(_script('run_digits').train), resolution=8, total_bs=8,
             max_steps=3, num_diffusion_timesteps=50, num_sample_images=0, warmup=1)
