@@ -54,22 +54,22 @@ def diffusers_timesteps(num_train_timesteps, num_inference_steps, spacing='leadi
     raise ValueError(f'spacing={spacing!r}; expected one of {DIFFUSERS_SPACINGS}')
   if not 1 <= N <= T:
     raise FlagError(f'--steps must be between 1 and the {T} diffusion steps, got {N}')
-  if scheduler in ('dpmsolver++', 'unipc'):
-    if spacing == 'linspace':
-      ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
-    elif spacing == 'leading':
-      ts = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1] + steps_offset
-    else:
-      ts = np.arange(T, 0, -T / N).round() - 1
-  else:
-    base = _ddim_placement(T, N, spacing, steps_offset)
-    ts = base if scheduler != 'pndm' else _pndm_pattern(base, T, N, skip_prk_steps)
-  ts = np.asarray(ts).astype(np.int64)
-  distinct = ts if scheduler != 'pndm' else _ddim_placement(T, N, spacing, steps_offset)
+  placement, pattern = _PLACEMENTS[scheduler]
+  distinct = np.asarray(placement(T, N, spacing, steps_offset)).astype(np.int64)
+  ts = distinct if pattern is None else pattern(distinct, T, N, skip_prk_steps)
   if len(np.unique(distinct)) != len(distinct) or distinct.min() < 0 or distinct.max() >= T:
     raise ValueError(f'{spacing} spacing cannot place {N} distinct steps in {T} for {scheduler}; '
                      f'use fewer steps')
   return ts
+
+
+def _solver_placement(T, N, spacing, steps_offset):
+  """Decreasing DPMSolverMultistep / UniPC timesteps: N + 1 points with the last (0) dropped."""
+  if spacing == 'linspace':
+    return np.linspace(0, T - 1, N + 1).round()[::-1][:-1]
+  if spacing == 'leading':
+    return (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1] + steps_offset
+  return np.arange(T, 0, -T / N).round() - 1
 
 
 def _ddim_placement(T, N, spacing, steps_offset):
@@ -92,6 +92,13 @@ def _pndm_pattern(base, T, N, skip_prk_steps):
   prk = inc[-4:].repeat(2) + np.tile(np.array([0, T // N // 2]), 4)
   prk = prk[:-1].repeat(2)[1:-1][::-1]
   return np.concatenate([prk, inc[:-3][::-1]])
+
+
+# How each of diffusers' schedulers places its steps: (the distinct steps, the evaluation order
+# over them or None when it is the steps themselves).
+_PLACEMENTS = {'ddim': (_ddim_placement, None), 'ddpm': (_ddim_placement, None),
+               'pndm': (_ddim_placement, _pndm_pattern),
+               'dpmsolver++': (_solver_placement, None), 'unipc': (_solver_placement, None)}
 
 
 # ----------------------------------------------------------------------------- model outputs

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'diffusion_tf'
 MAX_FUNCTION_LINES = 80
 SAMPLER_NAMES = ('ddpm', 'ddim', 'pndm', 'dpmsolver++', 'unipc')
-SAMPLER_REGISTRY = {'sampling.py', 'solvers.py'}
+SAMPLER_REGISTRY = {'sampling.py'}
 
 
 def modules():
