@@ -160,6 +160,15 @@ class DiffusionTables:
 
   # --------------------------------------------------------------------------- loop driver
 
+  @staticmethod
+  def _start(shape, noise_fn, x_T=()):
+    """A loop's x_T: the given one (``x_T``: () or a 1-tuple, as the loops pass tensor
+    arguments) checked against ``shape``, else drawn from ``noise_fn`` first."""
+    x_T = x_T[0] if x_T else noise_fn(shape=shape, dtype=tf.float32)
+    if tuple(x_T.shape) != tuple(shape):
+      raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}')
+    return x_T
+
   def _run_compiled(self, impl, static_args, tensor_args):
     """Runs ``impl(*static_args, *tensor_args)`` as one compiled graph.
 

@@ -101,10 +101,7 @@ class GaussianDiffusion(DiffusionTables):
     def body(i, img):
       return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn,
                             clip_denoised=clip_denoised),)
-    x_T = x_T[0] if x_T else noise_fn(shape=shape, dtype=tf.float32)
-    if tuple(x_T.shape) != tuple(shape):
-      raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}')
-    img, = timestep_loop(self.num_timesteps, body, (x_T,))
+    img, = timestep_loop(self.num_timesteps, body, (self._start(shape, noise_fn, x_T),))
     assert img.shape == shape
     return img
 

@@ -12,6 +12,7 @@ from diffusion_tf import sampling, solvers
 from diffusion_tf.diffusion_base import get_beta_schedule
 from diffusion_tf.diffusion_utils import GaussianDiffusion
 from diffusion_tf.diffusion_utils_2 import GaussianDiffusion2
+from test_pipelines import ReplayNoise
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'scheduler_trajectories.npz')
 T, S = 1000, 0.5  # as the fixture script
@@ -261,19 +262,6 @@ def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
                '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
   assert proc.returncode != 0 and '--order' in proc.stderr
   assert not os.path.exists(out + '_bad.npz')
-
-
-class ReplayNoise(tf.Module):
-  """Replays diffusers' recorded step noise, then zeros (ours draws at the last step too)."""
-
-  def __init__(self, noise):
-    super().__init__()
-    self.noise = tf.constant(np.concatenate([noise, np.zeros_like(noise[:1])]))
-    self.i = tf.Variable(0)
-
-  def normal(self, shape, dtype=tf.float32):
-    i = self.i.assign_add(1) - 1
-    return tf.cast(tf.reshape(tf.gather(self.noise, i), shape), dtype)
 
 
 @pytest.mark.parametrize('name,var_type,spacing,steps', [
