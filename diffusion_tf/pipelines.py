@@ -100,11 +100,6 @@ class Scheduler:
     return f'Scheduler({self.class_name}, {self.settings.name})'
 
 
-def scheduler_from_config(config, class_name=None):
-  """`Scheduler.from_config`."""
-  return Scheduler.from_config(config, class_name)
-
-
 class Pipeline:
   """A `UNet` + a `Scheduler` (a sampler of `sampling.REGISTRY` on the model's noise schedule).
 

@@ -469,7 +469,6 @@ def _diffusers_timesteps(scheduler):
   return timesteps
 
 
-_PLACEMENT = (('spacing', 'timestep_spacing'), ('steps_offset', 'steps_offset'))
 _ZERO_FINAL = (('final_sigmas_type', ('zero',)), ('use_karras_sigmas', (False,)))
 REGISTRY = {e.name: e for e in (
     SamplerEntry('ddpm', 'DDPMScheduler', _ddpm_loop, _ddpm_timesteps,
@@ -569,10 +568,6 @@ class Sampler:
       self._gen = tf.random.Generator.from_seed(0)
     self.constant_weights = constant_weights
     self._compiled = {}  # batch size -> compiled loop (a ConcreteFunction)
-
-  @property
-  def _frozen(self):
-    return self._compiled
 
   @property
   def num_evaluations(self):

@@ -249,7 +249,7 @@ def test_constant_weight_sampling_equals_variable_reads_and_snapshots_the_weight
   # (1-2 ulp per step); stale or wrong weights differ by > 1e-4 (asserted below).
   np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
   # The compiled loop holds no variable reads of the network, only of the noise generator.
-  graph = frozen._frozen[3].graph.as_graph_def()
+  graph = frozen._compiled[3].graph.as_graph_def()
   nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
   reads = [n for n in nodes if n.op == 'ReadVariableOp']
   assert len(reads) <= 2, [n.name for n in reads]
