@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from .errors import UserError
+from .errors import ModelFileError
 from .models.unet import tf1_name
 
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -20,7 +20,7 @@ EMA_SUFFIX = '/ExponentialMovingAverage'
 _AUX_SUFFIXES = (EMA_SUFFIX, '/Adam', '/Adam_1', '/RMSProp', '/RMSProp_1', '/Momentum')
 
 
-class CheckpointMismatchError(UserError, ValueError):
+class CheckpointMismatchError(ModelFileError):
   """The checkpoint's variables do not match the network's."""
 
 
@@ -48,6 +48,41 @@ def _summarise(title, items, limit=10):
   return f'{title} ({len(items)}): ' + ', '.join(items[:limit]) + more
 
 
+def check_matches(prefix, expected, shapes, *, ema=True, strict=True):
+  """Raises `CheckpointMismatchError` unless checkpoint ``prefix`` (its ``shapes``, from the
+  index) holds the variables ``expected`` ({TF1 name: shape}: a network's, built or listed by
+  `nn.shapes_only`), listing what is missing, mis-shaped and (``strict``) unexpected."""
+  names = list(expected)
+  scopes = {n.split('/')[0] for n in names}
+  if ema and not any(k.endswith(EMA_SUFFIX) for k in shapes):
+    raise CheckpointMismatchError(f'{prefix} holds no EMA weights (no "*{EMA_SUFFIX}" '
+                                  f'variables); load the raw weights with ema=False')
+  missing, misshaped = [], []
+  for name, shape in expected.items():
+    key = ema_name(name) if ema else name
+    if key not in shapes:
+      missing.append(key)
+    elif list(shapes[key]) != list(shape):
+      misshaped.append(f'{key} {list(shapes[key])} vs model {list(shape)}')
+  used = {ema_name(n) if ema else n for n in names}
+  unexpected = [k for k in shapes
+                if k.split('/')[0] in scopes and k not in used
+                and not any(k.endswith(s) for s in _AUX_SUFFIXES) and k not in expected]
+  problems = []
+  if missing:
+    problems.append(_summarise('missing from checkpoint', missing))
+  if misshaped:
+    problems.append(_summarise('shape mismatch', misshaped))
+  if strict and unexpected:
+    problems.append(_summarise('in checkpoint but not in model', unexpected))
+  if problems:
+    raise CheckpointMismatchError(
+        f'Checkpoint {prefix} does not match the model ({"EMA" if ema else "raw"} weights): '
+        + '; '.join(problems)
+        + ' (Is the model configuration, e.g. out_ch / ch_mult / model_name, the one it was '
+          'trained with?)')
+
+
 def restore_tf1_checkpoint(net, ckpt, *, ema=True, strict=True):
   """Loads a TF1-layout checkpoint into a built `UNet` (or any module whose variables
   carry TF1 names). ``ema=True`` takes the ``.../ExponentialMovingAverage`` shadows,
@@ -63,36 +98,9 @@ def restore_tf1_checkpoint(net, ckpt, *, ema=True, strict=True):
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
 
-  names = [tf1_name(v) for v in variables]
-  scopes = {n.split('/')[0] for n in names}
-  if ema and not any(k.endswith(EMA_SUFFIX) for k in shapes):
-    raise CheckpointMismatchError(f'{prefix} holds no EMA weights (no "*{EMA_SUFFIX}" '
-                                  f'variables); load the raw weights with ema=False')
-  missing, misshaped, values = [], [], []
-  for v, name in zip(variables, names):
-    key = ema_name(name) if ema else name
-    if key not in shapes:
-      missing.append(key)
-    elif list(shapes[key]) != v.shape.as_list():
-      misshaped.append(f'{key} {list(shapes[key])} vs model {v.shape.as_list()}')
-    else:
-      values.append((v, key))
-  used = {ema_name(n) if ema else n for n in names}
-  unexpected = [k for k in shapes
-                if k.split('/')[0] in scopes and k not in used
-                and not any(k.endswith(s) for s in _AUX_SUFFIXES) and k not in names]
-  problems = []
-  if missing:
-    problems.append(_summarise('missing from checkpoint', missing))
-  if misshaped:
-    problems.append(_summarise('shape mismatch', misshaped))
-  if strict and unexpected:
-    problems.append(_summarise('in checkpoint but not in model', unexpected))
-  if problems:
-    raise CheckpointMismatchError(
-        f'Checkpoint {prefix} does not match the model ({"EMA" if ema else "raw"} weights):\n  '
-        + '\n  '.join(problems)
-        + '\n(Is the model configuration, e.g. out_ch / ch_mult / model_name, the one it was trained with?)')
+  check_matches(prefix, {tf1_name(v): v.shape.as_list() for v in variables}, shapes, ema=ema,
+                strict=strict)
+  values = [(v, ema_name(tf1_name(v)) if ema else tf1_name(v)) for v in variables]
   for v, key in values:
     v.assign(reader.get_tensor(key))
   return int(reader.get_tensor('global_step')) if 'global_step' in shapes else None

@@ -17,6 +17,7 @@ import numpy as np
 from . import nn
 from .checkpoints import _summarise  # the same listing as checkpoint mismatches
 from .diffusion_utils_2 import GaussianDiffusion2
+from .errors import ModelFileError
 
 WEIGHTS_SAFETENSORS = 'diffusion_pytorch_model.safetensors'
 WEIGHTS_BIN = 'diffusion_pytorch_model.bin'
@@ -24,8 +25,9 @@ WEIGHTS_BIN = 'diffusion_pytorch_model.bin'
 DIFFUSERS_VERSION = '0.42.1'
 
 
-class DiffusersFormatError(ValueError):
-  """A diffusers config, weight file or tensor set that we cannot map onto our objects."""
+class DiffusersFormatError(ModelFileError):
+  """A diffusers config, weight file or tensor set that we cannot map onto our objects (a
+  `errors.ModelFileError`, so a ValueError and a user error)."""
 
 
 # ----------------------------------------------------------------------------- UNet2DModel config
@@ -64,6 +66,34 @@ def unet_config_with_defaults(config):
   return dict(UNET_DEFAULTS, **known)
 
 
+def _positive_int(value):
+  return type(value) is int and value > 0
+
+
+def _check_types(cfg):
+  """Refuses, naming the option, values of the wrong type or range (a damaged or hostile
+  config), before they reach the U-Net's constructor."""
+  for key in ('in_channels', 'out_channels', 'layers_per_block', 'norm_num_groups'):
+    if not _positive_int(cfg[key]):
+      raise DiffusersFormatError(f'UNet2DModel option {key}={cfg[key]!r}: expected a positive int')
+  for key in ('block_out_channels', 'down_block_types', 'up_block_types'):
+    if not isinstance(cfg[key], (list, tuple)) or not cfg[key]:
+      raise DiffusersFormatError(f'UNet2DModel option {key}={str(cfg[key])[:80]}: expected a '
+                                 f'non-empty list')
+  if not all(_positive_int(c) for c in cfg['block_out_channels']):
+    raise DiffusersFormatError(f'UNet2DModel option block_out_channels='
+                               f'{str(cfg["block_out_channels"])[:80]}: expected positive ints')
+  head_dim = cfg['attention_head_dim']
+  if head_dim is not None and not _positive_int(head_dim) and not isinstance(head_dim, list):
+    raise DiffusersFormatError(f'UNet2DModel option attention_head_dim={head_dim!r}: expected a '
+                               f'positive int or null')
+  for key, low, high in (('norm_eps', 0, 1), ('dropout', 0, 1), ('freq_shift', -1e6, 1e6)):
+    value = cfg[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value < high:
+      raise DiffusersFormatError(f'UNet2DModel option {key}={value!r}: expected a number in '
+                                 f'[{low}, {high})')
+
+
 def unet_kwargs_from_config(config, *, name='model'):
   """`UNet` keyword arguments (with ``in_ch`` and ``resolution``) for a ``UNet2DModel`` config.
 
@@ -81,6 +111,7 @@ def unet_kwargs_from_config(config, *, name='model'):
     if cfg[key] != value and not (isinstance(value, (int, float)) and cfg[key] == float(value)):
       raise DiffusersFormatError(f'UNet2DModel option {key}={cfg[key]!r} is not supported '
                                  f'(only {value!r})')
+  _check_types(cfg)
   down, up, chs = cfg['down_block_types'], cfg['up_block_types'], list(cfg['block_out_channels'])
   for types, table, key in ((down, _DOWN_TYPES, 'down_block_types'), (up, _UP_TYPES, 'up_block_types')):
     bad = [t for t in types if t not in table]
@@ -170,7 +201,15 @@ def _to_theirs(kind, value):
 
 
 def _their_shape(kind, shape):
-  return tuple(_to_theirs(kind, np.empty(shape, np.float32)).shape) if shape else ()
+  """The shape `_to_theirs` gives a variable of ``shape`` (computed, nothing allocated)."""
+  shape = tuple(shape)
+  if kind == 'conv':
+    return (shape[3], shape[2], shape[0], shape[1])
+  if kind == 'linear':
+    return shape[::-1]
+  if kind == 'conv1x1':
+    return shape[::-1] + (1, 1)
+  return shape
 
 
 def _layer(entries, layer, key, kind):
@@ -250,6 +289,26 @@ def modernise_keys(tensors):
   return out
 
 
+def _shape_fits(kind, ours, theirs):
+  """Whether a diffusers tensor of shape ``theirs`` is our variable of shape ``ours``."""
+  want = _their_shape(kind, tuple(ours))
+  return tuple(theirs) == want or (kind == 'linear' and len(theirs) == 4
+                                   and tuple(theirs) == want + (1, 1))
+
+
+def weight_problems(entries, shapes):
+  """What keeps tensors of ``shapes`` ({diffusers key: shape}, current names) from being the
+  variables of `tensor_map` ``entries``: ['missing (n): ...', 'shape mismatch (n): ...',
+  'unexpected (n): ...'], empty when they match."""
+  missing = [key for key, _, _ in entries if key not in shapes]
+  misshaped = [f'{key} {list(shapes[key])} vs model {list(_their_shape(kind, tuple(var.shape.as_list())))}'
+               for key, var, kind in entries
+               if key in shapes and not _shape_fits(kind, var.shape.as_list(), shapes[key])]
+  unexpected = sorted(set(shapes) - {key for key, _, _ in entries})
+  return [_summarise(title, items) for title, items in (
+      ('missing', missing), ('shape mismatch', misshaped), ('unexpected', unexpected)) if items]
+
+
 def load_state_dict(net, tensors, *, source='the weights'):
   """Assigns a diffusers state dict ({key: array}) to a built `UNet`.
 
@@ -258,32 +317,12 @@ def load_state_dict(net, tensors, *, source='the weights'):
   """
   tensors = modernise_keys(tensors)
   entries = tensor_map(net)
-  missing, misshaped, values = [], [], []
-  for key, var, kind in entries:
-    if key not in tensors:
-      missing.append(key)
-      continue
-    value = np.asarray(tensors[key])
-    want = _their_shape(kind, tuple(var.shape.as_list()))
-    ok = tuple(value.shape) == want or (
-        kind == 'linear' and value.ndim == 4 and value.shape == want + (1, 1))
-    if not ok:
-      misshaped.append(f'{key} {list(value.shape)} vs model {list(want)}')
-    else:
-      values.append((var, _to_ours(kind, value.astype(np.float32))))
-  unexpected = sorted(set(tensors) - {key for key, _, _ in entries})
-  problems = []
-  if missing:
-    problems.append(_summarise('missing', missing))
-  if misshaped:
-    problems.append(_summarise('shape mismatch', misshaped))
-  if unexpected:
-    problems.append(_summarise('unexpected', unexpected))
+  problems = weight_problems(entries, {k: np.shape(v) for k, v in tensors.items()})
   if problems:
-    raise DiffusersFormatError(f'{source} do not match the UNet2DModel config:\n  '
-                               + '\n  '.join(problems))
-  for var, value in values:
-    var.assign(value)
+    raise DiffusersFormatError(f'{source} do not match the UNet2DModel config: '
+                               + '; '.join(problems))
+  for key, var, kind in entries:
+    var.assign(_to_ours(kind, np.asarray(tensors[key]).astype(np.float32)))
 
 
 def state_dict(net):
@@ -294,17 +333,68 @@ def state_dict(net):
 
 # ----------------------------------------------------------------------------- weight files
 
-def read_weights(folder):
-  """{key: float array} from ``folder``'s diffusion_pytorch_model.safetensors (or, with torch
-  installed, .bin)."""
+# Bytes per element of the safetensors dtypes; the float ones are what we read.
+SAFETENSORS_ITEMSIZE = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'F8_E4M3': 1, 'F8_E5M2': 1,
+                        'I64': 8, 'U64': 8, 'I32': 4, 'U32': 4, 'I16': 2, 'U16': 2, 'I8': 1,
+                        'U8': 1, 'BOOL': 1}
+READABLE_DTYPES = ('F32', 'F16', 'F64')
+MAX_HEADER_BYTES = 100 * 2 ** 20  # safetensors' own limit
+
+
+def _header_entry(path, name, entry, data_bytes):
+  """(dtype, shape) of one header entry, whose bytes must lie inside the file's data."""
+  try:
+    dtype, shape, (begin, end) = entry['dtype'], entry['shape'], entry['data_offsets']
+    shape = tuple(shape)
+    ok = (dtype in SAFETENSORS_ITEMSIZE and all(type(d) is int and d >= 0 for d in shape)
+          and type(begin) is int and type(end) is int)
+  except (TypeError, KeyError, ValueError):
+    ok = False
+  if not ok:
+    raise DiffusersFormatError(f'{path} is damaged: its header entry {name!r} is not a tensor '
+                               f'description ({str(entry)[:100]})')
+  need = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+  if end - begin != need or begin < 0:
+    raise DiffusersFormatError(f'{path} is damaged: tensor {name!r} {dtype} {list(shape)} needs '
+                               f'{need} bytes, its header gives it {end - begin}')
+  if end > data_bytes:
+    raise DiffusersFormatError(f'{path} is truncated: tensor {name!r} ends at byte {end} of the '
+                               f'data, the file holds {data_bytes} bytes of data')
+  return dtype, shape
+
+
+def read_safetensors_header(path):
+  """{name: (dtype, shape)} of a safetensors file, read from its header alone (the 8-byte
+  length and the JSON after it; never the tensors). `DiffusersFormatError` naming the file
+  when the header is damaged or describes more data than the file holds (a truncated copy)."""
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    length = int.from_bytes(f.read(8), 'little') if size >= 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+      raise DiffusersFormatError(f'{path} is damaged or not a safetensors file: its header length '
+                                 f'{length} does not fit its {size} bytes')
+    raw = f.read(length)
+  try:
+    header = json.loads(raw.decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DiffusersFormatError(f'{path} is damaged: its header is not JSON ({e})') from None
+  if not isinstance(header, dict):
+    raise DiffusersFormatError(f'{path} is damaged: its header is not a JSON object')
+  header.pop('__metadata__', None)
+  return {name: _header_entry(path, name, entry, size - 8 - length)
+          for name, entry in header.items()}
+
+
+def weights_file(folder):
+  """The weight file ``folder``'s weights are read from: the safetensors file, else (with torch
+  installed) the ``.bin``."""
   st = os.path.join(folder, WEIGHTS_SAFETENSORS)
   if os.path.exists(st):
-    from safetensors.numpy import load_file
-    return load_file(st)
+    return st
   binary = os.path.join(folder, WEIGHTS_BIN)
   if os.path.exists(binary):
     try:
-      import torch
+      import torch  # noqa: F401
     except ImportError:
       raise DiffusersFormatError(
           f'{binary} is a PyTorch pickle, which needs torch to read, and torch is not installed. '
@@ -312,10 +402,25 @@ def read_weights(folder):
           f'otherwise convert once where torch is installed: `python -c "import torch, '
           f'safetensors.torch as s; s.save_file(torch.load(\'{WEIGHTS_BIN}\'), '
           f'\'{WEIGHTS_SAFETENSORS}\')"`), or pip install torch') from None
-    return {k: v.float().numpy() for k, v in torch.load(binary, map_location='cpu',
+    return binary
+  raise FileNotFoundError(f'No weights in {folder}: expected {st} (or {WEIGHTS_BIN})')
+
+
+def read_weights(folder):
+  """{key: float array} from ``folder``'s diffusion_pytorch_model.safetensors (or, with torch
+  installed, .bin: read with ``weights_only=True``, which runs no code from the file).
+  `DiffusersFormatError` naming the file when it cannot be read."""
+  path = weights_file(folder)
+  try:
+    if path.endswith('.safetensors'):
+      from safetensors.numpy import load_file
+      return load_file(path)
+    import torch
+    return {k: v.float().numpy() for k, v in torch.load(path, map_location='cpu',
                                                          weights_only=True).items()}
-  raise FileNotFoundError(f'No weights in {folder}: expected {WEIGHTS_SAFETENSORS} '
-                          f'(or {WEIGHTS_BIN})')
+  except Exception as e:  # noqa: BLE001 -- each reader fails in its own types
+    raise DiffusersFormatError(f'{path} is damaged or not a weights file: '
+                               f'{type(e).__name__}: {str(e)[:200]}') from None
 
 
 def write_weights(folder, tensors, *, overwrite=False):
@@ -328,9 +433,30 @@ def write_weights(folder, tensors, *, overwrite=False):
                      save(tensors, metadata={'format': 'pt'}), overwrite=overwrite)
 
 
+# A config is a few KB (trained_betas of 1000 steps: ~20 KB); a larger file is not one.
+MAX_JSON_BYTES = 16 * 2 ** 20
+
+
 def read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  """The JSON object in ``path``; `DiffusersFormatError` naming the file (and the line and
+  column of a syntax error) when it is too large, not JSON or not an object."""
+  size = os.path.getsize(path)
+  if size > MAX_JSON_BYTES:
+    raise DiffusersFormatError(f'{path} holds {size} bytes, more than a config can '
+                               f'({MAX_JSON_BYTES}): not a config file')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    value = json.loads(raw.decode('utf-8'))
+  except UnicodeDecodeError as e:
+    raise DiffusersFormatError(f'{path} is not UTF-8 text (byte {e.start})') from None
+  except json.JSONDecodeError as e:
+    raise DiffusersFormatError(f'{path} is not valid JSON: {e.msg} at line {e.lineno}, '
+                               f'column {e.colno}') from None
+  if not isinstance(value, dict):
+    raise DiffusersFormatError(f'{path} holds a JSON {type(value).__name__}, expected an object '
+                               f'of options')
+  return value
 
 
 # ----------------------------------------------------------------------------- schedulers
@@ -378,16 +504,40 @@ def _cosine_betas(T, max_beta=0.999):
   return np.array([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)])
 
 
+# The largest num_train_timesteps we build tables for (models use 1000 to 4000): a larger
+# value is refused rather than allocated.
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def _beta(cfg, key):
+  value = cfg[key]
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+    raise DiffusersFormatError(f'scheduler option {key}={value!r} is out of range: a beta is a '
+                               f'number in (0, 1)')
+  return float(value)
+
+
 def betas_from_scheduler_config(cfg):
-  """float64 betas of a scheduler config (``trained_betas`` first, as diffusers)."""
-  T = int(cfg['num_train_timesteps'])
+  """float64 betas of a scheduler config (``trained_betas`` first, as diffusers). Refuses,
+  naming the option, timesteps outside 1..`MAX_TRAIN_TIMESTEPS` and betas outside (0, 1)."""
+  T = cfg['num_train_timesteps']
+  if type(T) is not int or not 0 < T <= MAX_TRAIN_TIMESTEPS:
+    raise DiffusersFormatError(f'scheduler option num_train_timesteps={T!r} is out of range '
+                               f'(an int in 1..{MAX_TRAIN_TIMESTEPS})')
   if cfg.get('trained_betas') is not None:
-    betas = np.asarray(cfg['trained_betas'], np.float64)
+    try:
+      betas = np.asarray(cfg['trained_betas'], np.float64)
+    except (TypeError, ValueError):
+      betas = np.zeros(0)
     if betas.shape != (T,):
-      raise DiffusersFormatError(f'scheduler trained_betas has {betas.size} values, '
+      raise DiffusersFormatError(f'scheduler trained_betas has {betas.size} numbers, '
                                  f'num_train_timesteps is {T}')
+    if not np.all((betas > 0) & (betas < 1)):
+      raise DiffusersFormatError(f'scheduler option trained_betas is out of range: '
+                                 f'{int(np.sum(~((betas > 0) & (betas < 1))))} of its values are '
+                                 f'not in (0, 1)')
     return betas
-  schedule, b0, b1 = cfg['beta_schedule'], float(cfg['beta_start']), float(cfg['beta_end'])
+  schedule, b0, b1 = cfg['beta_schedule'], _beta(cfg, 'beta_start'), _beta(cfg, 'beta_end')
   if schedule == 'linear':
     return np.linspace(b0, b1, T, dtype=np.float64)
   if schedule == 'scaled_linear':

@@ -11,9 +11,16 @@ class FlagError(UserError, ValueError):
   """A flag's value is out of its type, range or allowed set."""
 
 
-class DamagedCheckpointError(UserError, ValueError):
+class ModelFileError(UserError, ValueError):
+  """A model's files (a diffusers folder or Hub snapshot, a run directory, a TF1 checkpoint, a
+  ``.bin``) cannot be loaded: damaged, inconsistent, or asking for what we do not compute. The
+  message names the file and, where it applies, the key and the value. Raised before the
+  network is built."""
+
+
+class DamagedCheckpointError(ModelFileError):
   """A checkpoint's files are incomplete or unreadable."""
 
 
-class DamagedFileError(UserError, ValueError):
+class DamagedFileError(ModelFileError):
   """A file the user's run depends on (e.g. kwargs.json) cannot be read."""

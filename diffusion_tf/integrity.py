@@ -48,8 +48,9 @@ def _data_files(prefix):
   return tf.io.gfile.glob(prefix + '.data-?????-of-?????')
 
 
-def checkpoint_damage(prefix):
-  """None if the checkpoint ``prefix`` is whole, else why it is not (one line)."""
+def checkpoint_damage(prefix, *, read_tensors=True):
+  """None if the checkpoint ``prefix`` is whole, else why it is not (one line).
+  ``read_tensors=False`` checks the index and the data files' size only (nothing is read)."""
   index = prefix + '.index'
   if not tf.io.gfile.exists(index):
     return f'its index file {index} is missing'
@@ -67,7 +68,7 @@ def checkpoint_damage(prefix):
   if size < needed:
     return (f'its data {"files hold" if len(data) > 1 else "file " + data[0] + " holds"} '
             f'{size} bytes, less than the {needed} its index describes (truncated?)')
-  for name in sorted(shapes):
+  for name in sorted(shapes) if read_tensors else ():
     try:
       reader.get_tensor(name)
     except Exception as e:  # noqa: BLE001 -- read errors come as several types

@@ -7,15 +7,18 @@ gives a script model for the scripts' ``sample`` and ``evaluation``. The pipelin
 command bodies (`runners`) both sit on this module; it imports neither.
 """
 
+import dataclasses
 import os
 
+import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, diffusers_format as fmt, integrity, recipes, script_models
+from . import (checkpoints, diffusers_format as fmt, integrity, model_checks as checks, recipes,
+               sampling, script_models)
 from .diffusion_base import get_beta_schedule
 from .diffusion_utils_2 import GaussianDiffusion2
-from .errors import FlagError
-from .models.unet import MODEL_CONFIGS, UNet
+from .errors import DamagedCheckpointError, FlagError, ModelFileError
+from .models.unet import MODEL_CONFIGS, UNet, tf1_name
 from .tpu_utils import tpu_utils
 
 MODEL_INDEX = 'model_index.json'
@@ -36,24 +39,68 @@ def _hub_offline():
   return constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
 
 
+# The files of a repository a pipeline reads (both layouts), configs first: they are checked
+# before any weights are downloaded.
+HUB_CONFIGS = (MODEL_INDEX, 'unet/config.json', 'scheduler/scheduler_config.json', 'config.json',
+               'scheduler_config.json')
+
+
+def _torch_importable():
+  try:
+    import torch  # noqa: F401  (.bin weights are readable only with torch)
+  except ImportError:
+    return False
+  return True
+
+
+def hub_weight_files(repo_files):
+  """The weight files of a repository listing the pipeline reads: per layout (``unet/`` or the
+  root) the safetensors file, or the ``.bin`` only when there is none and torch imports."""
+  out = []
+  layout = 'unet/' if 'unet/config.json' in repo_files else ''
+  st, binary = layout + fmt.WEIGHTS_SAFETENSORS, layout + fmt.WEIGHTS_BIN
+  if st in repo_files:
+    out.append(st)
+  elif binary in repo_files and _torch_importable():
+    out.append(binary)
+  return out
+
+
+def _hub_snapshot(repo_id, revision, files):
+  import huggingface_hub
+  return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=_hub_cache_dir(),
+                                           allow_patterns=list(files),
+                                           local_files_only=_hub_offline())
+
+
+def _hub_listing(repo_id, revision):
+  """The repository's files, or (offline) every file the pipeline might read."""
+  if _hub_offline():
+    candidates = [f'{d}{w}' for d in ('unet/', '') for w in (fmt.WEIGHTS_SAFETENSORS, fmt.WEIGHTS_BIN)]
+    return list(HUB_CONFIGS) + candidates
+  import huggingface_hub
+  return huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision)
+
+
 def download(repo_id, *, revision=None):
-  """A local snapshot of Hub repo ``repo_id`` (configs and safetensors weights) in the HF cache.
+  """A local snapshot of Hub repo ``repo_id`` in the HF cache, holding only the files the
+  pipeline reads: its configs first, which are checked (`check_diffusers_configs`: a Stable
+  Diffusion repository is refused after a few KB), then its weight file.
 
   Offline (HF_HUB_OFFLINE=1) only the cache is consulted, so a missing model fails at once.
   """
-  import huggingface_hub
   from huggingface_hub import errors
   cache = _hub_cache_dir()
-  patterns = ['*.json', '*.safetensors']
   try:
-    import torch  # noqa: F401  (.bin weights are readable only with torch)
-    patterns.append('*.bin')
-  except ImportError:
-    pass
-  try:
-    return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache,
-                                             allow_patterns=patterns,
-                                             local_files_only=_hub_offline())
+    listing = _hub_listing(repo_id, revision)
+    folder = _hub_snapshot(repo_id, revision, [f for f in HUB_CONFIGS if f in listing])
+    if _is_diffusers_folder(folder):
+      check_diffusers_configs(folder)
+      weights = hub_weight_files([f for f in listing if os.path.exists(os.path.join(folder, f))]
+                                 if _hub_offline() else listing)
+      if weights:
+        folder = _hub_snapshot(repo_id, revision, weights)
+    return folder
   except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as e:
     raise FileNotFoundError(
         f'Cannot get Hub model {repo_id!r}{f" (revision {revision})" if revision else ""}: it is '
@@ -77,18 +124,90 @@ def _diffusers_parts(folder):
   return folder, os.path.join(folder, 'scheduler_config.json')
 
 
-def load_diffusers_folder(folder, *, name='model'):
-  """(UNet with the folder's weights, scheduler config dict) of a diffusers folder."""
+@dataclasses.dataclass
+class CheckedFolder:
+  """What `check_diffusers_folder` read of a diffusers folder (nothing built)."""
+  unet_dir: str
+  kwargs: dict          # UNet's arguments
+  entries: list         # `diffusers_format.tensor_map` of the listed (not built) U-Net
+  weights: str          # the weight file
+  dtypes: tuple         # of its tensors (from the safetensors header; () for a .bin)
+  scheduler_path: str
+  scheduler_config: dict
+
+  @property
+  def parameters(self):
+    return checks.parameter_count(var.shape.as_list() for _, var, _ in self.entries)
+
+
+def read_scheduler_config(path):
+  """A scheduler config file, checked as our samplers read it (class, options, ranges)."""
+  config = fmt.read_json(path)
+  checks.in_file(path, sampling.settings_from_scheduler_config, config)
+  return config
+
+
+def check_diffusers_configs(folder, *, name='model'):
+  """(unet dir, UNet arguments, scheduler config path, its config) of a diffusers folder, read
+  from its JSON files alone, each checked: what a Hub download fetches before the weights."""
   unet_dir, sched_path = _diffusers_parts(folder)
-  config = fmt.read_json(os.path.join(unet_dir, 'config.json'))
-  try:
-    net = UNet(**fmt.unet_kwargs_from_config(config, name=name))
-  except fmt.DiffusersFormatError as e:
-    raise fmt.DiffusersFormatError(f'{unet_dir}/config.json: {e}') from None
-  fmt.load_state_dict(net, fmt.read_weights(unet_dir), source=f'The weights in {unet_dir}')
+  index = os.path.join(folder, MODEL_INDEX)
+  if os.path.exists(index):
+    unet_class = fmt.read_json(index).get('unet', [None, 'UNet2DModel'])
+    if not isinstance(unet_class, list) or unet_class[-1:] != ['UNet2DModel']:
+      raise fmt.DiffusersFormatError(f'{index}: unet {unet_class!r} is not supported: only '
+                                     f'UNet2DModel (pixel-space DDPM U-Nets) maps onto our UNet')
+  config_path = os.path.join(unet_dir, 'config.json')
+  kwargs = checks.in_file(config_path, fmt.unet_kwargs_from_config, fmt.read_json(config_path),
+                          name=name)
   if not os.path.exists(sched_path):
     raise FileNotFoundError(f'{folder} has a UNet but no scheduler config (expected {sched_path})')
-  return net, fmt.read_json(sched_path)
+  return unet_dir, kwargs, sched_path, read_scheduler_config(sched_path)
+
+
+def check_diffusers_folder(folder, *, name='model'):
+  """A `CheckedFolder`: the configs checked, the weights' header compared with the network the
+  config implies (parameter count, names, shapes, dtypes), links reported; nothing built and no
+  tensor read. ModelFileError naming the file for anything that cannot load."""
+  unet_dir, kwargs, sched_path, sched = check_diffusers_configs(folder, name=name)
+  config_path = os.path.join(unet_dir, 'config.json')
+  weights = fmt.weights_file(unet_dir)
+  header = fmt.read_safetensors_header(weights) if weights.endswith('.safetensors') else None
+  limit = len(header) if header is not None else checks.MAX_TENSORS
+  net, _ = checks.listed_unet(kwargs, limit=limit, source=config_path)
+  entries = fmt.tensor_map(net)
+  if header is not None:
+    checks.check_header(weights, header, entries, config_path)
+  else:
+    checks.check_bin_size(weights, checks.parameter_count(v.shape.as_list() for _, v, _ in entries),
+                          config_path)
+  files = [os.path.join(folder, MODEL_INDEX), config_path, weights, sched_path]
+  checks.warn_links(folder, files, _hub_cache_or_none())
+  dtypes = tuple(sorted({dtype for dtype, _ in header.values()})) if header is not None else ()
+  return CheckedFolder(unet_dir, kwargs, entries, weights, dtypes, sched_path, sched)
+
+
+def _hub_cache_or_none():
+  try:
+    return _hub_cache_dir()
+  except ImportError:
+    return None
+
+
+def load_diffusers_folder(folder, *, name='model'):
+  """(UNet with the folder's weights, scheduler config dict) of a diffusers folder, built only
+  after `check_diffusers_folder` and the weights' values (finite) are checked."""
+  checked = check_diffusers_folder(folder, name=name)
+  tensors = fmt.read_weights(checked.unet_dir)
+  problems = fmt.weight_problems(checked.entries, fmt.modernise_keys(
+      {k: np.shape(v) for k, v in tensors.items()}))
+  if problems:  # a .bin: its names and shapes are known only now
+    raise fmt.DiffusersFormatError(f'{checked.weights} does not hold the network its config '
+                                   f'describes: ' + '; '.join(problems))
+  checks.check_finite(tensors.items(), checked.weights)
+  net = UNet(**checked.kwargs)
+  fmt.load_state_dict(net, tensors, source=f'The weights in {checked.unet_dir}')
+  return net, checked.scheduler_config
 
 
 # The diffusion of the authors' released models, by resolution (the scripts' defaults):
@@ -107,6 +226,8 @@ def unet_kwargs_from_tf1_shapes(shapes, *, scope='model', resolution=None):
   ``unet2d16b2c112244``) then come out exactly. Otherwise ``resolution`` must be given.
   """
   def shape(name):
+    if f'{scope}/{name}' not in shapes:
+      raise fmt.DiffusersFormatError(f'no {scope}/{name} in the checkpoint: not a DDPM U-Net')
     return list(shapes[f'{scope}/{name}'])
 
   if f'{scope}/conv_in/W' not in shapes:
@@ -145,12 +266,27 @@ def model_config_name(kwargs):
   return None
 
 
+def _restore(net, prefix, ema):
+  """Restores a checked checkpoint; a tensor unreadable now (a CRC error) is a
+  DamagedCheckpointError, and NaN or infinite weights a ModelFileError."""
+  try:
+    step = checkpoints.restore_tf1_checkpoint(net, prefix, ema=ema)
+  except tf.errors.OpError as e:
+    raise DamagedCheckpointError(f'{prefix}: the checkpoint is damaged: '
+                                 f'{checks._first_line(e.message)}') from None
+  checks.check_variables_finite(net, prefix)
+  return step
+
+
 def load_tf1_checkpoint(prefix, *, ema=True, resolution=None):
-  """(UNet, scheduler config) of a TF1 checkpoint of the authors' layout."""
+  """(UNet, scheduler config) of a TF1 checkpoint of the authors' layout: its index read and
+  compared with the network its shapes imply before that network is built."""
   prefix = checkpoints.resolve_checkpoint(prefix)
-  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  net = UNet(**unet_kwargs_from_tf1_shapes(shapes, resolution=resolution))
-  checkpoints.restore_tf1_checkpoint(net, prefix, ema=ema)
+  shapes = checks.checkpoint_shapes(prefix)
+  kwargs = checks.in_file(prefix, unet_kwargs_from_tf1_shapes, shapes, resolution=resolution)
+  checks.check_checkpoint(prefix, shapes, lambda: UNet(**kwargs), ema=ema)
+  net = UNet(**kwargs)
+  _restore(net, prefix, ema)
   return net, fmt.scheduler_config(released_diffusion(net.resolution))
 
 
@@ -174,9 +310,11 @@ def read_run_kwargs(run_dir, defaults=None):
 def run_recipe(run_dir, recipe=None):
   """The `recipes.Recipe` of a run: ``recipe`` (the script's) with the run's kwargs.json set, or
   without one the recipe that kwargs.json's flags belong to."""
+  path = os.path.join(run_dir, 'kwargs.json')
   if recipe is None:
-    return recipes.recipe_of_run(read_run_kwargs(run_dir))
-  return recipe.with_flags(read_run_kwargs(run_dir, recipe.defaults('train')), 'train')
+    return checks.in_file(path, lambda: recipes.recipe_of_run(read_run_kwargs(run_dir)))
+  return checks.in_file(path, lambda: recipe.with_flags(
+      read_run_kwargs(run_dir, recipe.defaults('train')), 'train'))
 
 
 def image_shape(recipe):
@@ -185,19 +323,37 @@ def image_shape(recipe):
   return datasets.get_dataset(recipe.data.dataset, **recipe.dataset_options()).image_shape
 
 
+def _recipe_source(prefix):
+  """The file a checkpoint's model settings come from: the kwargs.json beside it, if any."""
+  path = os.path.join(os.path.dirname(prefix), 'kwargs.json')
+  return path if os.path.exists(path) else 'the script\'s settings'
+
+
+def build_checked(recipe, prefix, *, ema=True):
+  """(the recipe's script model with checkpoint ``prefix`` restored, the step): the
+  checkpoint's index compared with the model's variables (listed, not built) first."""
+  shape = image_shape(recipe)
+  shapes = checks.checkpoint_shapes(prefix)
+  checks.check_checkpoint(prefix, shapes, lambda: script_models.build(recipe, shape), ema=ema,
+                          source=_recipe_source(prefix))
+  model = script_models.build(recipe, shape)
+  return model, _restore(model.net, prefix, ema)
+
+
 def load_run_dir(run_dir, *, ema=True):
   """(UNet, scheduler config) of one of our training runs: kwargs.json + latest checkpoint."""
   recipe = run_recipe(run_dir)
-  model = script_models.build(recipe, image_shape(recipe))
-  if model.block_size != 1:
-    raise fmt.DiffusersFormatError(f'{run_dir} was trained with block_size={model.block_size} '
+  if recipe.model.block_size != 1:
+    raise fmt.DiffusersFormatError(f'{run_dir} was trained with block_size={recipe.model.block_size} '
                                    f'(space-to-depth), which a pipeline cannot express')
-  checkpoints.restore_tf1_checkpoint(model.net, checkpoints.resolve_checkpoint(run_dir), ema=ema)
+  model, _ = build_checked(recipe, checkpoints.resolve_checkpoint(run_dir), ema=ema)
   return model.net, fmt.scheduler_config(model.diffusion)
 
 
-def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
-  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts."""
+def resolve_source(name_or_path, *, subfolder=None, revision=None):
+  """(kind, local path) of anything `Pipeline.from_pretrained` accepts: kind is 'diffusers'
+  (a folder or Hub snapshot, downloaded first), 'run' (kwargs.json) or 'tf1' (a checkpoint
+  prefix, or a folder of checkpoints such as an unpacked release)."""
   path = str(name_or_path)
   if not os.path.exists(path) and not os.path.exists(path + '.index'):
     if path.count('/') != 1 or path.startswith(('.', '/')):
@@ -206,16 +362,116 @@ def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, re
     path = download(path, revision=revision)
   if subfolder:
     path = os.path.join(path, subfolder)
-  if os.path.isdir(path):
-    if _is_diffusers_folder(path):
-      return load_diffusers_folder(path)
-    if os.path.exists(os.path.join(path, 'kwargs.json')):
-      return load_run_dir(path, ema=ema)
-    if tf.train.latest_checkpoint(path):  # an unpacked release folder
-      return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
-    raise FileNotFoundError(f'{path} holds no model: expected a diffusers folder (config.json or '
-                            f'model_index.json), a run directory (kwargs.json) or TF1 checkpoints')
+  if not os.path.isdir(path):
+    return 'tf1', path
+  if _is_diffusers_folder(path):
+    return 'diffusers', path
+  if os.path.exists(os.path.join(path, 'kwargs.json')):
+    return 'run', path
+  if tf.train.latest_checkpoint(path):  # an unpacked release folder
+    return 'tf1', path
+  raise FileNotFoundError(f'{path} holds no model: expected a diffusers folder (config.json or '
+                          f'model_index.json), a run directory (kwargs.json) or TF1 checkpoints')
+
+
+def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
+  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts. Every
+  source is checked before its network is built; what cannot load raises an
+  `errors.ModelFileError` (a ValueError) naming the file."""
+  kind, path = resolve_source(name_or_path, subfolder=subfolder, revision=revision)
+  if kind == 'diffusers':
+    return load_diffusers_folder(path)
+  if kind == 'run':
+    return load_run_dir(path, ema=ema)
   return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
+
+
+# ----------------------------------------------------------------------------- inspect
+
+def _scheduler_summary(config):
+  cfg = fmt.scheduler_config_with_defaults(config, config.get('_class_name', 'DDPMScheduler'))
+  schedule = ('trained_betas' if cfg.get('trained_betas') is not None else
+              f'{cfg["beta_schedule"]} {cfg["beta_start"]}..{cfg["beta_end"]}')
+  variance = f', variance_type {cfg["variance_type"]}' if 'variance_type' in cfg else ''
+  return (f'{config.get("_class_name", "DDPMScheduler")}: {cfg["num_train_timesteps"]} steps, '
+          f'{schedule}, prediction_type {cfg["prediction_type"]}{variance}')
+
+
+def _describe_folder(path):
+  checked = check_diffusers_folder(path)
+  index = os.path.join(path, MODEL_INDEX)
+  pipeline = fmt.read_json(index).get('_class_name') if os.path.exists(index) else None
+  return dict(kind='diffusers folder', source=path,
+              model=f'UNet2DModel{f" in a {pipeline}" if pipeline else ""}',
+              config={k: v for k, v in checked.kwargs.items() if k != 'name'},
+              parameters=checked.parameters, files={checked.weights: os.path.getsize(checked.weights)},
+              dtypes=checked.dtypes, scheduler=_scheduler_summary(checked.scheduler_config))
+
+
+def describe_checkpoint(prefix, build, *, ema=True, config=None, kind='TF1 checkpoint',
+                        source=None):
+  """What `inspect_model` says of checkpoint ``prefix`` holding the network ``build()`` makes
+  (a U-Net, or a script model with ``.net`` and ``.diffusion``), listed, not built."""
+  shapes = checks.checkpoint_shapes(prefix)
+  built, created = checks.check_checkpoint(prefix, shapes, build, ema=ema, source=source)
+  net = getattr(built, 'net', built)
+  diffusion = getattr(built, 'diffusion', None) or released_diffusion(net.resolution)
+  dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+  names = [checkpoints.ema_name(tf1_name(v)) if ema else tf1_name(v) for v in created]
+  data = tf.io.gfile.glob(prefix + '.data-*')
+  return dict(kind=kind, source=prefix, model=f'UNet ({"EMA" if ema else "raw"} weights)',
+              config=config or {}, parameters=checks.parameter_count(v.shape.as_list() for v in created),
+              files={f: tf.io.gfile.stat(f).length for f in data},
+              dtypes=tuple(sorted({dtypes[n].name for n in names})),
+              scheduler=_scheduler_summary(fmt.scheduler_config(diffusion)))
+
+
+def _describe_run(run_dir, prefix, recipe, ema):
+  shape = image_shape(recipe)
+  config = dict(model_name=recipe.model.model_name, image_shape=shape,
+                block_size=recipe.model.block_size, recipe=recipe.name)
+  return describe_checkpoint(prefix, lambda: script_models.build(recipe, shape), ema=ema,
+                             config=config, kind=f'run directory {run_dir}',
+                             source=_recipe_source(prefix))
+
+
+def inspect_model(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
+  """What `load_pretrained` would load, described without building it or reading its weights:
+  a dict with kind, source, model, config, parameters, files ({path: bytes}), dtypes and
+  scheduler (`format_report` prints it). A source that cannot load raises the same
+  `errors.ModelFileError` as loading it would."""
+  kind, path = resolve_source(name_or_path, subfolder=subfolder, revision=revision)
+  if kind == 'diffusers':
+    return _describe_folder(path)
+  if kind == 'run':
+    return _describe_run(path, checkpoints.resolve_checkpoint(path), run_recipe(path), ema)
+  prefix = checkpoints.resolve_checkpoint(path)
+  kwargs = checks.in_file(prefix, unet_kwargs_from_tf1_shapes, checks.checkpoint_shapes(prefix),
+                          resolution=resolution)
+  return describe_checkpoint(prefix, lambda: UNet(**kwargs), ema=ema,
+                             config={k: v for k, v in kwargs.items() if k != 'name'})
+
+
+def format_report(report):
+  """``inspect_model``'s dict as the lines the ``inspect`` command prints."""
+  total = sum(report['files'].values())
+  lines = [f'{report["kind"]}: {report["source"]}', f'model: {report["model"]}',
+           'config: ' + ', '.join(f'{k}={v}' for k, v in report['config'].items()),
+           f'parameters: {report["parameters"]:,}',
+           f'bytes: {total:,} in ' + ', '.join(os.path.basename(f) for f in report['files']),
+           f'dtypes: {", ".join(report["dtypes"]) or "(known once read: a .bin)"}',
+           f'scheduler: {report["scheduler"]}']
+  return '\n'.join(lines)
+
+
+def inspect_for_script(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema=True):
+  """`inspect_model`'s report of the model the scripts' ``sample`` would load from the same
+  flags (a run directory, a checkpoint prefix with the script's recipe, or a pretrained model)."""
+  if pretrained:
+    return inspect_model(pretrained, ema=ema)
+  prefix = checkpoints.resolve_checkpoint(model_dir or ckpt)
+  run_dir = model_dir or os.path.dirname(prefix)
+  return _describe_run(run_dir, prefix, run_recipe(run_dir, recipe), ema)
 
 
 class PretrainedModel:
@@ -261,6 +517,5 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
   recipe = run_recipe(model_dir or os.path.dirname(prefix), recipe)
   if mixed_precision is not None:
     recipe = recipe.with_flags({'mixed_precision': mixed_precision})
-  model = script_models.build(recipe, image_shape(recipe))
-  step = checkpoints.restore_tf1_checkpoint(model.net, prefix, ema=ema)
+  model, step = build_checked(recipe, prefix, ema=ema)
   return model, recipe, prefix, step

@@ -114,6 +114,47 @@ def read_weight(v, dtype):
   return tf.cast(v, dtype)
 
 
+# ----------------------------------------------------------------------------- variables
+
+class VariableShape:
+  """What a layer holds instead of a variable while built under `shapes_only`: the name and
+  shape the variable would have, and no values."""
+
+  def __init__(self, name, shape, dtype=DEFAULT_DTYPE):
+    self.name, self.shape, self.dtype = name + ':0', tf.TensorShape(shape), dtype
+
+  def __repr__(self):
+    return f'VariableShape({self.name!r}, {self.shape.as_list()})'
+
+
+class TooManyVariables(ValueError):
+  """A network built under `shapes_only` asked for more variables than its limit."""
+
+
+@contextlib.contextmanager
+def shapes_only(limit=None):
+  """Layers constructed inside create `VariableShape`s (listed, in order of creation, in the
+  list this yields) instead of variables: the network's own constructor says which variables
+  it has and their shapes, and nothing is allocated. ``limit``: raise `TooManyVariables` at
+  variable ``limit + 1`` (a hostile configuration cannot make the listing itself large)."""
+  created = []
+  with _setting('shapes_only', (created, limit)):
+    yield created
+
+
+def variable(name, shape, initializer):
+  """A float32 ``tf.Variable`` named ``name`` of ``initializer(shape)`` (or, inside
+  `shapes_only`, its `VariableShape`)."""
+  listing = getattr(_SETTINGS, 'shapes_only', None)
+  if listing is None:
+    return tf.Variable(initializer(shape), name=name)
+  created, limit = listing
+  if limit is not None and len(created) >= limit:
+    raise TooManyVariables(f'more than {limit} variables')
+  created.append(VariableShape(name, shape))
+  return created[-1]
+
+
 # ----------------------------------------------------------------------------- layers
 
 class Dense(tf.Module):
@@ -121,8 +162,8 @@ class Dense(tf.Module):
 
   def __init__(self, in_dim, num_units, *, name, init_scale=1., bias=True):
     super().__init__(name=name.replace('/', '_'))
-    self.W = tf.Variable(default_init(init_scale)([in_dim, num_units]), name=name + '/W')
-    self.b = tf.Variable(tf.zeros([num_units]), name=name + '/b') if bias else None
+    self.W = variable(name + '/W', [in_dim, num_units], default_init(init_scale))
+    self.b = variable(name + '/b', [num_units], tf.zeros) if bias else None
 
   def __call__(self, x):
     y = tf.matmul(x, read_weight(self.W, x.dtype))
@@ -173,8 +214,8 @@ class Conv2D(tf.Module):
     super().__init__(name=name.replace('/', '_'))
     fh, fw = (filter_size, filter_size) if isinstance(filter_size, int) else filter_size
     self.stride, self.pad = stride, pad
-    self.W = tf.Variable(default_init(init_scale)([fh, fw, in_ch, num_units]), name=name + '/W')
-    self.b = tf.Variable(tf.zeros([num_units]), name=name + '/b') if bias else None
+    self.W = variable(name + '/W', [fh, fw, in_ch, num_units], default_init(init_scale))
+    self.b = variable(name + '/b', [num_units], tf.zeros) if bias else None
 
   def __call__(self, x):
     lib = self._winograd_lib(x)
@@ -475,8 +516,8 @@ class GroupNorm(tf.Module):
       raise ValueError(f'GroupNorm {name}: {ch} channels are not divisible into {num_groups} groups')
     self.num_groups, self.eps = num_groups, eps
     # TF1 created beta before gamma; the order only matters for variable listings.
-    self.beta = tf.Variable(tf.zeros([ch]), name=name + '/beta')
-    self.gamma = tf.Variable(tf.ones([ch]), name=name + '/gamma')
+    self.beta = variable(name + '/beta', [ch], tf.zeros)
+    self.gamma = variable(name + '/gamma', [ch], tf.ones)
 
   def __call__(self, x, swish=False):
     return group_norm(x, read_weight(self.gamma, tf.float32), read_weight(self.beta, tf.float32),

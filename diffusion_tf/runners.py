@@ -184,6 +184,16 @@ def sample(recipe, flags):
         + (f', {exported}' if exported else '') + _recognised(recipe.sampling.recognise, images))
 
 
+def inspect_command(recipe, flags):
+  """The ``inspect`` command: what the model ``sample`` would load from the same flags holds
+  (`loading.inspect_model`), or the refusal, with nothing built; then one summary line."""
+  report = loading.inspect_for_script(recipe, model_dir=flags['model_dir'], ckpt=flags['ckpt'],
+                                      pretrained=flags['pretrained'], ema=flags['ema'])
+  print(loading.format_report(report))
+  print(f'Inspected {report["source"]}: {report["parameters"]:,} parameters, '
+        f'{sum(report["files"].values()):,} bytes; nothing was built or written')
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def eval_dataset(recipe, flags, *, check=True):
@@ -319,4 +329,4 @@ def simple_eval(recipe, flags):
 
 
 COMMANDS = {'train': train_command, 'sample': sample, 'evaluation': evaluation,
-            'simple_eval': simple_eval}
+            'simple_eval': simple_eval, 'inspect': inspect_command}

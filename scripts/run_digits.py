@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusion_tf import cli  # noqa: E402
 from diffusion_tf.recipes import DIGITS  # noqa: E402  (the numbers: diffusion_tf/recipes/digits.py)
 
-train, sample, evaluation = cli.script_commands(DIGITS, 'train', 'sample', 'evaluation')
+train, sample, evaluation, inspect = cli.script_commands(
+    DIGITS, 'train', 'sample', 'evaluation', 'inspect')
 
 if __name__ == '__main__':
-  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation})
+  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'inspect': inspect})

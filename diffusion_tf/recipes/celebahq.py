@@ -3,6 +3,7 @@
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
+from .texts import INSPECT_FLAGS, INSPECT_HELP
 
 CELEBAHQ = Recipe(
     name='celebahq',
@@ -23,8 +24,10 @@ CELEBAHQ = Recipe(
                       'tfds_data_dir | load_ckpt region num_inception_samples samples_dir '
                       + EVALUATION_TAIL,
         'sample': SAMPLE_FLAGS,
+        'inspect': INSPECT_FLAGS,
     },
     docs={
+        'inspect': INSPECT_HELP,
         'train': 'Trains the CelebA-HQ model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',

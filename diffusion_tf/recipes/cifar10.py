@@ -3,6 +3,7 @@ fixedlarge sampling variance, MSE loss), batch 128, lr 2e-4 with 5000 warmup ste
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
+from .texts import INSPECT_FLAGS, INSPECT_HELP
 
 CIFAR10 = Recipe(
     name='cifar10',
@@ -27,8 +28,10 @@ CIFAR10 = Recipe(
         'simple_eval': 'model_dir tpu_name bucket_name_prefix mode load_ckpt total_bs '
                        'tfds_data_dir | max_batches region',
         'sample': SAMPLE_FLAGS,
+        'inspect': INSPECT_FLAGS,
     },
     docs={
+        'inspect': INSPECT_HELP,
         'train': 'Trains the CIFAR-10 model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',

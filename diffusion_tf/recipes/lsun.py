@@ -5,6 +5,7 @@ directory of training's."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
+from .texts import INSPECT_FLAGS, INSPECT_HELP
 
 LSUN = Recipe(
     name='lsun',
@@ -27,8 +28,10 @@ LSUN = Recipe(
                       'tfr_file samples_dir num_inception_samples | load_ckpt region '
                       + EVALUATION_TAIL,
         'sample': SAMPLE_FLAGS,
+        'inspect': INSPECT_FLAGS,
     },
     docs={
+        'inspect': INSPECT_HELP,
         'train': 'Trains an LSUN model; re-running the same command resumes the run.',
         'evaluation': 'FID / Inception Score of the EMA weights: 2048 samples against the first '
                       '234 shuffled batches (29952 images) of --tfr_file ("for memory reasons", '

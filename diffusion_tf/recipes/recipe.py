@@ -119,6 +119,7 @@ REQUIRED_FLAGS = {'evaluation': ('model_dir',), 'simple_eval': ('model_dir',)}
 SECTIONS_OF_COMMAND = {
     'train': ('data', 'model', 'diffusion', 'train'),
     'sample': ('sampling',),
+    'inspect': ('sampling',),
     'evaluation': ('evaluation', 'sampling'),
     'simple_eval': ('evaluation',),
 }

@@ -7,6 +7,7 @@ EVALUATION_TAIL = (SAMPLER_FLAGS + ' inception_graph seed stats_cache_dir ref_st
                    'export_png_dir pretrained')
 SAMPLE_FLAGS = ('model_dir ckpt num_samples batch_size ' + SAMPLER_FLAGS + ' seed ema out '
                 'overwrite mixed_precision export_npz export_png_dir pretrained')
+INSPECT_FLAGS = 'model_dir ckpt pretrained ema'
 
 SAMPLER_HELP = ('--sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then '
                 'go to eval_<sampler><steps>... instead of eval)')
@@ -24,3 +25,7 @@ SAMPLE_HELP = ('Samples from a run (--model_dir) or a checkpoint prefix (--ckpt,
                '--export_npz PATH / --export_png_dir DIR also write them as one .npz with arr_0 / '
                'as PNGs.\n--pretrained NAME_OR_PATH: a Hub id (google/ddpm-cifar10-32) or a '
                'diffusers folder.')
+INSPECT_HELP = ('Prints what --model_dir (a run), --ckpt (a checkpoint prefix) or --pretrained (a Hub '
+                'id, a diffusers folder) holds: the model class, its configuration, parameter '
+                'count, bytes, dtypes and scheduler, from the configs and file headers alone '
+                '(nothing is built); or why it cannot be loaded.')
