@@ -21,9 +21,10 @@ import tensorflow as tf
 
 from . import diffusers_format as fmt, nn, sampling, utils
 from .checkpoints import save_tf1_checkpoint  # noqa: F401  (public here before)
-from .loading import (MODEL_INDEX, PretrainedModel, download, load_diffusers_folder,  # noqa: F401
-                      load_pretrained, load_run_dir, load_tf1_checkpoint, model_config_name,
-                      pretrained_model, released_diffusion, unet_kwargs_from_tf1_shapes)
+from .loading import (MODEL_INDEX, PretrainedModel, download, inspect_model,  # noqa: F401
+                      load_diffusers_folder, load_pretrained, load_run_dir, load_tf1_checkpoint,
+                      model_config_name, pretrained_model, released_diffusion,
+                      unet_kwargs_from_tf1_shapes)
 
 OUTPUT_TYPES = ('pil', 'np')
 
@@ -140,7 +141,9 @@ class Pipeline:
                       resolution=None, scheduler=None):
     """Loads a Hub repo id, a diffusers folder, a run directory or a TF1 checkpoint prefix
     (``ema``: its EMA weights; ``resolution``: for a checkpoint whose U-Net is not an
-    original configuration). ``scheduler``: another sampler, as for ``pipe.scheduler``."""
+    original configuration). ``scheduler``: another sampler, as for ``pipe.scheduler``.
+    Damaged or inconsistent files raise `errors.ModelFileError` (a ValueError) naming the
+    file, before the network is built; `inspect_model` describes a model without loading it."""
     unet, scheduler_config = load_pretrained(name_or_path, subfolder=subfolder, revision=revision,
                                              ema=ema, resolution=resolution)
     return cls(unet, scheduler_config, scheduler=scheduler)
