@@ -289,3 +289,55 @@ def test_strided_ddpm_matches_diffusers_with_its_noise(fx, name, var_type, spaci
     np.testing.assert_allclose(scripts, out.numpy(), rtol=0, atol=1e-6)
   else:
     assert np.abs(scripts - want).max() > 1e-2
+
+
+# name -> (function, keyword arguments); the fixture script's cases of the stochastic samplers
+# (their noise replayed), DPM-Solver++ singlestep and DEIS
+MORE_CASES = {
+    'sde_o1_8': (solvers.dpm_solver_sample_loop, dict(steps=8, order=1, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_10': (solvers.dpm_solver_sample_loop, dict(steps=10, algorithm_type='sde-dpmsolver++')),
+    'sde_o3_10': (solvers.dpm_solver_sample_loop, dict(steps=10, order=3, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_20': (solvers.dpm_solver_sample_loop, dict(steps=20, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_heun_trailing_7': (solvers.dpm_solver_sample_loop,
+                               dict(steps=7, algorithm_type='sde-dpmsolver++', solver_type='heun',
+                                    spacing='trailing')),
+    'sa_p2c2_10': (solvers.sa_solver_sample_loop, dict(steps=10)),
+    'sa_p2c2_20': (solvers.sa_solver_sample_loop, dict(steps=20)),
+    'sa_p1c1_6': (solvers.sa_solver_sample_loop, dict(steps=6, predictor_order=1, corrector_order=1)),
+    'sa_p3c4_12': (solvers.sa_solver_sample_loop, dict(steps=12, predictor_order=3, corrector_order=4)),
+    'sa_p4c3_leading_9': (solvers.sa_solver_sample_loop, dict(steps=9, predictor_order=4, corrector_order=3,
+                                                              spacing='leading')),
+    'single_o2_10': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=10)),
+    'single_o3_10': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=10, order=3)),
+    'single_o3_9': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=9, order=3)),
+    'single_o1_5': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=5, order=1)),
+    'single_o3_heun_11': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=11, order=3, solver_type='heun')),
+    'single_o2_heun_20': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=20, solver_type='heun')),
+    'deis_o2_10': (solvers.deis_sample_loop, dict(steps=10)),
+    'deis_o1_6': (solvers.deis_sample_loop, dict(steps=6, order=1)),
+    'deis_o3_10': (solvers.deis_sample_loop, dict(steps=10, order=3)),
+    'deis_o3_20': (solvers.deis_sample_loop, dict(steps=20, order=3)),
+    'deis_o2_trailing_8': (solvers.deis_sample_loop, dict(steps=8, spacing='trailing')),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_CASES))
+def test_more_schedulers_match_diffusers(fx, name):
+  """Every step of diffusers' trajectory, with diffusers' own step noise replayed through our
+  loop's noise_fn for the stochastic ones, and one network evaluation per diffusers timestep."""
+  fn, kwargs = MORE_CASES[name]
+  diffusion = _v2()
+  den = GaussianDenoiser(diffusion, fx['mu'])
+  x_T, want = fx['x_T'], fx[f'{name}/trajectory']
+  noise = fx.get(f'{name}/noise')
+  replay = {} if noise is None else dict(noise_fn=ReplayNoise(noise).normal)
+  out = fn(diffusion, den, shape=x_T.shape, x_T=x_T, **kwargs, **replay).numpy()
+  np.testing.assert_allclose(out, want[-1], rtol=1e-4, atol=2e-5 * len(want))
+  assert int(den.calls.numpy()) == len(fx[f'{name}/timesteps'])
+  if noise is not None:  # the noise matters: without it the end point differs
+    assert len(noise) == len(want)
+    quiet = fn(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=tf.zeros, **kwargs).numpy()
+    assert np.abs(quiet - want[-1]).max() > 1e-2
+  spacing = kwargs.get('spacing', 'linspace')
+  ts = solvers.diffusers_timesteps(T, kwargs['steps'], spacing, scheduler='dpmsolver++')
+  np.testing.assert_array_equal(ts, fx[f'{name}/timesteps'])
