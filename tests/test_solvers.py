@@ -135,7 +135,9 @@ class _Model:
 
 
 @pytest.mark.parametrize('sampler,steps,order,evals', [
-    ('pndm', 6, None, 15), ('dpmsolver++', 7, 3, 7), ('unipc', 5, None, 5), ('ddim', 8, None, 8)])
+    ('pndm', 6, None, 15), ('dpmsolver++', 7, 3, 7), ('unipc', 5, None, 5), ('ddim', 8, None, 8),
+    ('sde-dpmsolver++', 6, 3, 6), ('sasolver', 5, 4, 5), ('dpmsolver++_singlestep', 7, 3, 7),
+    ('deis', 6, 3, 6)])
 def test_sampler_dispatch_counts(fx, sampler, steps, order, evals):
   diffusion = _v2()
   den = GaussianDenoiser(diffusion, fx['mu'])
@@ -341,3 +343,78 @@ def test_more_schedulers_match_diffusers(fx, name):
   spacing = kwargs.get('spacing', 'linspace')
   ts = solvers.diffusers_timesteps(T, kwargs['steps'], spacing, scheduler='dpmsolver++')
   np.testing.assert_array_equal(ts, fx[f'{name}/timesteps'])
+
+
+# (registry name, diffusers config beyond the schedule, the fixture case that config runs)
+REGISTRY_CASES = [
+    ('sde-dpmsolver++', {'_class_name': 'DPMSolverMultistepScheduler', 'algorithm_type': 'sde-dpmsolver++'},
+     'sde_o2_10'),
+    ('sasolver', {'_class_name': 'SASolverScheduler'}, 'sa_p2c2_10'),
+    ('dpmsolver++_singlestep', {'_class_name': 'DPMSolverSinglestepScheduler', 'solver_order': 3,
+                                'timestep_spacing': 'leading'}, 'single_o3_10'),
+    ('deis', {'_class_name': 'DEISMultistepScheduler', 'timestep_spacing': 'trailing', 'steps_offset': 1,
+              'solver_type': 'midpoint'}, 'deis_o2_trailing_8'),
+]
+
+
+@pytest.mark.parametrize('name,config,case', REGISTRY_CASES)
+def test_registry_reads_diffusers_configs_and_names(fx, name, config, case):
+  """A diffusers scheduler config (its class, DPMSolverMultistepScheduler's algorithm_type)
+  picks the entry and runs diffusers' trajectory, as diffusers' from_config reads it
+  (DPMSolverSinglestepScheduler has no timestep_spacing; DEIS reads another solver's
+  solver_type as its own); the config written back picks it again; ``--sampler NAME`` is the
+  class's defaults."""
+  settings, diffusion, _ = sampling.settings_from_scheduler_config(
+      dict(config, beta_schedule='linear', beta_start=1e-4, beta_end=0.02))
+  steps = len(fx[f'{case}/timesteps'])
+  settings = settings.with_steps(steps)
+  assert settings.name == name and settings.num_evaluations == steps
+  np.testing.assert_array_equal(settings.timesteps, fx[f'{case}/timesteps'])
+  den = GaussianDenoiser(diffusion, fx['mu'])
+  x_T, noise = fx['x_T'], fx.get(f'{case}/noise')
+  replay = lambda: ReplayNoise(noise).normal if noise is not None else tf.random.normal
+  out = settings.loop(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=replay())
+  want = fx[f'{case}/trajectory'][-1]
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=2e-4)
+  written = settings.scheduler_config(diffusion)
+  assert written['_class_name'] == config['_class_name']
+  assert sampling.settings_from_scheduler_config(written)[0].with_steps(steps) == settings
+  if case.endswith('_10'):  # diffusers' defaults but the order
+    by_name = sampling.SamplerSettings.resolve(name, T, steps=steps, order=settings.order)
+    again = by_name.loop(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=replay())
+    np.testing.assert_array_equal(again.numpy(), out.numpy())
+
+
+def test_config_algorithm_type_chooses_ode_or_sde():
+  base = {'_class_name': 'DPMSolverMultistepScheduler'}
+  pick = lambda cfg: sampling.settings_from_scheduler_config(cfg)[0].name
+  assert pick(base) == 'dpmsolver++'
+  assert pick(dict(base, algorithm_type='sde-dpmsolver++')) == 'sde-dpmsolver++'
+  with pytest.raises(ValueError, match='algorithm_type'):
+    pick(dict(base, algorithm_type='sde-dpmsolver'))
+  with pytest.raises(ValueError, match='tau_func'):
+    pick({'_class_name': 'SASolverScheduler', 'tau_func': 'custom'})
+
+
+def test_stochastic_samplers_draw_their_noise_from_the_seed(fx):
+  """Seeded: the same seed gives the same batch, another seed another (the step noise, not only
+  x_T: x_T is drawn first, so a sampler that ignored its step noise would still differ)."""
+  diffusion = _v2()
+  for name in ('sde-dpmsolver++', 'sasolver'):
+    draw = sampling.Sampler(_Model(diffusion, GaussianDenoiser(diffusion, fx['mu'])), sampler=name, steps=6)
+    a, b = draw(2, seed=3), draw(2, seed=4)
+    np.testing.assert_array_equal(draw(2, seed=3), a)
+    assert np.abs(a - b).max() > 1e-2
+
+
+def test_bad_sampler_options_fail_before_work():
+  diffusion = _v2()
+
+  def denoise(x, t):
+    raise AssertionError('no network call expected')
+
+  for kwargs, match in ((dict(sampler='sasolver', order=5), '--order'),
+                        (dict(sampler='dpmsolver++_singlestep', spacing='trailing'), '--spacing'),
+                        (dict(sampler='deis', order=4), '--order')):
+    with pytest.raises(ValueError, match=match):
+      sampling.Sampler(_Model(diffusion, denoise), **kwargs)
