@@ -8,9 +8,12 @@
   steps is the ancestral sampler with the posterior variance.
 * ``pndm``, ``dpmsolver++`` (``--order`` 1-3), ``unipc`` (``--order`` 1-3): diffusers'
   schedulers of those names, in `solvers` (re-exported here).
+* ``sde-dpmsolver++`` and ``sasolver`` (stochastic), ``dpmsolver++_singlestep``, ``deis``:
+  DPMSolverMultistepScheduler with algorithm_type 'sde-dpmsolver++', SASolverScheduler,
+  DPMSolverSinglestepScheduler and DEISMultistepScheduler, in `solvers`.
 
-Network evaluations per sample for ``--steps N``: ddpm, ddim, dpmsolver++, unipc: N;
-pndm: N + 9 (N + 1 with ``skip_prk_steps``).
+Network evaluations per sample for ``--steps N``: pndm: N + 9 (N + 1 with ``skip_prk_steps``);
+every other: N.
 
 Each sampler is one `SamplerEntry` of `REGISTRY` (the only place that knows sampler names);
 `SamplerSettings` is a sampler with its options resolved (from the scripts' flags or a diffusers

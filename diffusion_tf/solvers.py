@@ -1,6 +1,8 @@
 """Few-step samplers with Hugging Face diffusers' scheduler semantics: its timestep placement,
-PNDM (`PNDMScheduler`), DPM-Solver++ multistep (`DPMSolverMultistepScheduler`) and UniPC
-multistep (`UniPCMultistepScheduler`).
+PNDM (`PNDMScheduler`), DPM-Solver++ multistep for the ODE and the SDE
+(`DPMSolverMultistepScheduler`, algorithm_type 'dpmsolver++' / 'sde-dpmsolver++'), UniPC
+multistep (`UniPCMultistepScheduler`), SA-Solver (`SASolverScheduler`), DPM-Solver++ singlestep
+(`DPMSolverSinglestepScheduler`) and DEIS (`DEISMultistepScheduler`).
 
 Each sampler is planned in float64 NumPy first: every step of these solvers is a linear
 combination of the current sample, a few earlier samples and a few earlier network outputs with
@@ -11,8 +13,8 @@ the DDPM and DDIM loops. Timestep indices are 0-based, as in diffusers.
 Network evaluations (each loop iteration calls the network once, on the whole batch):
   * ``pndm_sample_loop``: ``steps + 9`` (Runge-Kutta warm-up, diffusers' default) or, with
     ``skip_prk_steps=True``, ``steps + 1``.
-  * ``dpm_solver_sample_loop`` and ``unipc_sample_loop``: ``steps`` (UniPC's corrector reuses
-    the next step's evaluation).
+  * every other loop: ``steps`` (UniPC's and SA-Solver's correctors reuse the next step's
+    evaluation). The stochastic ones draw one noise tensor per step from ``noise_fn``.
 """
 
 import math
