@@ -247,8 +247,9 @@ def test_bad_arguments_fail_before_work(kwargs, match):
 
 @pytest.mark.slow
 def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
-  """``run_digits.py sample --sampler dpmsolver++ --order 3`` samples; ``--order 5`` fails with
-  a message naming the flag and writes nothing."""
+  """``run_digits.py sample --sampler dpmsolver++ --order 3`` (and ``sasolver --order 4``)
+  samples, its summary naming the network evaluations; ``--order 5`` fails with a message naming
+  the flag and writes nothing."""
   import scripts.run_digits as run_digits
   from diffusion_tf import runners
   from test_sampling import _run, _write_original_layout_checkpoint
@@ -260,6 +261,10 @@ def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
                '--sampler', 'dpmsolver++', '--steps', '4', '--order', '3', '--out', out])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert np.load(out + '.npz')['samples'].shape == (3, 16, 16, 1)
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
+               '--sampler', 'sasolver', '--steps', '4', '--order', '4', '--out', out + '_sa'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '(sasolver, 4 network evaluations each)' in proc.stdout.strip().splitlines()[-1]
   proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
                '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
   assert proc.returncode != 0 and '--order' in proc.stderr
