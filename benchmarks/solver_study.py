@@ -314,11 +314,13 @@ def write_plot(results):
         dr.line(xy, fill=colour, width=3)
       for x, y in xy:
         dr.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-  lx = pad
+  lx, ly = pad, H - 55
   for name, colour in list(COLOURS.items()) + [('ddpm, 1000 steps (dashed)', (0, 0, 0))]:
-    dr.rectangle([lx, H - 45, lx + 18, H - 35], fill=colour)
-    dr.text((lx + 24, H - 47), name, fill='black')
-    lx += 24 + 8 * len(name) + 20
+    if lx + 24 + 7 * len(name) > W:  # the legend wraps to a second row
+      lx, ly = pad, ly + 22
+    dr.rectangle([lx, ly, lx + 18, ly + 10], fill=colour)
+    dr.text((lx + 24, ly - 2), name, fill='black')
+    lx += 24 + 7 * len(name) + 20
   os.makedirs(os.path.dirname(PLOT), exist_ok=True)
   img.save(PLOT)
   print('wrote', PLOT)
