@@ -37,6 +37,13 @@ sys.path.insert(0, ROOT)
 JSON = os.path.join(HERE, 'solver_study.json')
 MARKDOWN = os.path.join(HERE, 'solver_study.md')
 PLOT = os.path.join(ROOT, 'resources', 'solver_study.png')
+
+
+def use_results_name(name):
+  """Keep this study's results apart: benchmarks/NAME.json and .md, resources/NAME.png."""
+  global JSON, MARKDOWN, PLOT
+  JSON, MARKDOWN = (os.path.join(HERE, f'{name}.{ext}') for ext in ('json', 'md'))
+  PLOT = os.path.join(ROOT, 'resources', f'{name}.png')
 EVALS = (5, 10, 20, 50, 100)
 # line name -> Sampler keyword arguments for a budget of `e` network evaluations
 LINES = {
@@ -47,6 +54,11 @@ LINES = {
     'dpmsolver++ 2': lambda e: dict(sampler='dpmsolver++', steps=e, order=2),
     'dpmsolver++ 3': lambda e: dict(sampler='dpmsolver++', steps=e, order=3),
     'unipc 2': lambda e: dict(sampler='unipc', steps=e, order=2),
+    'ddim eta1': lambda e: dict(sampler='ddim', steps=e, eta=1.),
+    'sde-dpmsolver++ 2': lambda e: dict(sampler='sde-dpmsolver++', steps=e, order=2),
+    'sasolver': lambda e: dict(sampler='sasolver', steps=e),
+    'dpmsolver++_singlestep 2': lambda e: dict(sampler='dpmsolver++_singlestep', steps=e, order=2),
+    'deis 2': lambda e: dict(sampler='deis', steps=e, order=2),
 }
 DIAGNOSTICS = {  # point name -> (evaluations, Sampler keyword arguments, clip x0)
     'ddim noclip@100': (100, dict(sampler='ddim', steps=100), False),
@@ -119,7 +131,28 @@ def measure(images):
   report = digits_classifier.recognisable_digits(images)
   return dict(recognised=report.fraction, distinct_digits=len(report.digits_present),
               fd=float(digits_features.frechet_distance(images)),
+              fd_pixels=pixel_pca_frechet_distance(images),
               pixel_std=float(np.std(images / 127.5 - 1.)))
+
+
+PCA_DIMS = 32
+
+
+def pixel_pca_frechet_distance(images):
+  """A second feature space nothing here was tuned on: the Fréchet distance between the
+  samples and the real train digits projected on the real digits' first 32 principal
+  components of their pixels (grey levels in [0, 1])."""
+  from diffusion_tf.metrics import digits_features, reference_stats
+  real = _grey(digits_features.real_digits('train', resolution=images.shape[1]))
+  mean = real.mean(axis=0)
+  basis = np.linalg.svd(real - mean, full_matrices=False)[2][:PCA_DIMS].T
+  stats = lambda x: dict(mu=((x - mean) @ basis).mean(axis=0), sigma=np.cov((x - mean) @ basis, rowvar=False))
+  return reference_stats.fid_from_stats(stats(real), stats(_grey(images)))
+
+
+def _grey(images):
+  images = np.asarray(images, np.float64)
+  return images.mean(axis=-1).reshape(len(images), -1) / 255.
 
 
 def run_point(results, name, evals, model, kwargs, args, clip=None):
@@ -162,7 +195,9 @@ def eps_error_by_t(model, args, results):
 def summarise(pt):
   seeds = list(pt['seeds'].values())
   out = {}
-  for k in ('recognised', 'distinct_digits', 'fd', 'pixel_std', 'wall_s', 'cpu_s'):
+  for k in ('recognised', 'distinct_digits', 'fd', 'fd_pixels', 'pixel_std', 'wall_s', 'cpu_s'):
+    if any(k not in s for s in seeds):  # measured since (fd_pixels)
+      continue
     v = np.array([s[k] for s in seeds], np.float64)
     out[k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0., len(v))
   return out
@@ -178,12 +213,14 @@ def write_markdown(results):
   lines = [f'# Sampler quality against network evaluations (digits model)', '',
            f'CPU: {results.get("cpu", "?")}. Each cell: mean ± standard deviation over seeds '
            f'({_seeds_note(results)}), recognised share (%) / Fréchet distance of the digits '
-           f'features to the real train digits. Reference: the 1000-step ancestral sampler.', '']
+           f'features to the real train digits (then, where measured, / the same in the pixel-PCA '
+           f'space, `pixel_pca_frechet_distance`). Reference: the 1000-step ancestral sampler.', '']
   if REFERENCE in pts:
     ref = summarise(pts[REFERENCE])
     lines.append(f'**ddpm, 1000 evaluations: {_cell(ref["recognised"], 100)}% recognised, '
-                 f'FD {_cell(ref["fd"], fmt="{:.2f}")}, {_cell(ref["distinct_digits"], fmt="{:.1f}")} '
-                 f'distinct digits.**')
+                 f'FD {_cell(ref["fd"], fmt="{:.2f}")}'
+                 + (f' (pixel-PCA FD {_cell(ref["fd_pixels"], fmt="{:.2f}")})' if 'fd_pixels' in ref else '')
+                 + f', {_cell(ref["distinct_digits"], fmt="{:.1f}")} distinct digits.**')
     lines.append('')
   present = [e for e in EVALS if any(f'{n}@{e}' in pts for n in LINES)]
   lines.append('| sampler | ' + ' | '.join(f'{e} evals' for e in present) + ' |')
@@ -196,7 +233,8 @@ def write_markdown(results):
         cells.append('')
         continue
       s = summarise(p)
-      cells.append(f'{_cell(s["recognised"], 100)}% / {_cell(s["fd"], fmt="{:.2f}")}')
+      cells.append(f'{_cell(s["recognised"], 100)}% / {_cell(s["fd"], fmt="{:.2f}")}'
+                   + (f' / {_cell(s["fd_pixels"], fmt="{:.2f}")}' if 'fd_pixels' in s else ''))
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   diag = [n for n in DIAGNOSTICS if n in pts and pts[n]['seeds']]
   if diag:
@@ -234,7 +272,8 @@ def _seeds_note(results):
 
 COLOURS = {'ddpm': (120, 120, 120), 'ddim': (214, 39, 40), 'pndm': (148, 103, 189),
            'dpmsolver++ 2': (31, 119, 180), 'dpmsolver++ 3': (23, 190, 207),
-           'unipc 2': (44, 160, 44)}
+           'unipc 2': (44, 160, 44), 'ddim eta1': (255, 127, 14), 'sde-dpmsolver++ 2': (140, 86, 75),
+           'sasolver': (227, 119, 194), 'dpmsolver++_singlestep 2': (188, 189, 34), 'deis 2': (0, 0, 128)}
 
 
 def write_plot(results):
@@ -275,11 +314,13 @@ def write_plot(results):
         dr.line(xy, fill=colour, width=3)
       for x, y in xy:
         dr.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-  lx = pad
+  lx, ly = pad, H - 55
   for name, colour in list(COLOURS.items()) + [('ddpm, 1000 steps (dashed)', (0, 0, 0))]:
-    dr.rectangle([lx, H - 45, lx + 18, H - 35], fill=colour)
-    dr.text((lx + 24, H - 47), name, fill='black')
-    lx += 24 + 8 * len(name) + 20
+    if lx + 24 + 7 * len(name) > W:  # the legend wraps to a second row
+      lx, ly = pad, ly + 22
+    dr.rectangle([lx, ly, lx + 18, ly + 10], fill=colour)
+    dr.text((lx + 24, ly - 2), name, fill='black')
+    lx += 24 + 7 * len(name) + 20
   os.makedirs(os.path.dirname(PLOT), exist_ok=True)
   img.save(PLOT)
   print('wrote', PLOT)
@@ -297,14 +338,17 @@ def main():
   ap.add_argument('--diagnostics', action='store_true')
   ap.add_argument('--report_only', action='store_true')
   ap.add_argument('--fresh', action='store_true', help='discard earlier results in the json')
+  ap.add_argument('--results', default='solver_study',
+                  help='results name: benchmarks/NAME.json / .md, resources/NAME.png')
   args = ap.parse_args()
+  use_results_name(args.results)
   results = load_results(args.fresh)
   if not args.report_only:
     if not args.model_dir:
       ap.error('--model_dir is required unless --report_only')
-    from diffusion_tf import runners
-    from scripts import run_digits
-    model, _, prefix, step = runners.load_model_for_sampling(run_digits.train, model_dir=args.model_dir)
+    from diffusion_tf import loading
+    from diffusion_tf.recipes import DIGITS
+    model, _, prefix, step = loading.load_for_sampling(DIGITS, model_dir=args.model_dir)
     results.update(model=prefix, model_step=step, cpu=cpu_name())
     for seed in args.seeds:  # seed by seed, so that a cut-short run still has whole grids
       one = argparse.Namespace(**{**vars(args), 'seeds': [seed]})

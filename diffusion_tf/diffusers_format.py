@@ -484,6 +484,20 @@ SCHEDULER_DEFAULTS.update({
     'UniPCMultistepScheduler': dict(_COMMON, timestep_spacing='linspace', **_SOLVER,
                                     predict_x0=True, solver_type='bh2', disable_corrector=[]),
 })
+# DPM-Solver++ singlestep, DEIS and SA-Solver (the singlestep class has no timestep_spacing: its
+# steps are always 'linspace'-placed; the entry reads any other spacing so).
+_DPM_SINGLE = dict(_SOLVER, algorithm_type='dpmsolver++', solver_type='midpoint')
+_DPM_SINGLE['lower_order_final'] = False
+_NO_FINAL = {k: v for k, v in _SOLVER.items() if k != 'final_sigmas_type'}
+SCHEDULER_DEFAULTS.update({
+    'DPMSolverSinglestepScheduler': dict(_COMMON, timestep_spacing='linspace', **_DPM_SINGLE),
+    'DEISMultistepScheduler': dict(_COMMON, timestep_spacing='linspace', **_NO_FINAL,
+                                   algorithm_type='deis', solver_type='logrho'),
+    'SASolverScheduler': dict(_COMMON, timestep_spacing='linspace',
+                              **{k: v for k, v in _NO_FINAL.items() if k != 'solver_order'},
+                              predictor_order=2, corrector_order=2, tau_func=None,
+                              algorithm_type='data_prediction'),
+})
 _VARIANCE_TYPES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
 _PREDICTION_TYPES = {'epsilon': 'eps', 'sample': 'xstart'}
 

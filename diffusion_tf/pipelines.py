@@ -157,7 +157,7 @@ class Pipeline:
     if isinstance(value, str):  # a registry name on the model's noise schedule
       entry = sampling.get_entry(value)
       value = {k: self._raw_scheduler_config[k] for k in SCHEDULE_KEYS if k in self._raw_scheduler_config}
-      value = Scheduler.from_config(value, entry.scheduler_class)
+      value = Scheduler.from_config(dict(value, **dict(entry.selects)), entry.scheduler_class)
     elif not isinstance(value, Scheduler):
       value = Scheduler.from_config(value)
     self._scheduler = value

@@ -180,7 +180,11 @@ def sample(recipe, flags):
                                       seed=flags['seed'], **sampler_flags(flags))
   images = write_samples(out, samples, overwrite=flags['overwrite'])
   exported = interop.export_samples(images, npz=flags['export_npz'], png_dir=flags['export_png_dir'])
-  print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png'
+  evaluations = sampling.SamplerSettings.resolve(
+      flags['sampler'], model.diffusion.num_timesteps, steps=flags['steps'], eta=flags['eta'],
+      spacing=flags['spacing'], order=flags['order']).num_evaluations
+  print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png ({flags["sampler"]}, '
+        f'{evaluations} network evaluations each)'
         + (f', {exported}' if exported else '') + _recognised(recipe.sampling.recognise, images))
 
 

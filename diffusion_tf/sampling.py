@@ -8,9 +8,12 @@
   steps is the ancestral sampler with the posterior variance.
 * ``pndm``, ``dpmsolver++`` (``--order`` 1-3), ``unipc`` (``--order`` 1-3): diffusers'
   schedulers of those names, in `solvers` (re-exported here).
+* ``sde-dpmsolver++`` and ``sasolver`` (stochastic), ``dpmsolver++_singlestep``, ``deis``:
+  DPMSolverMultistepScheduler with algorithm_type 'sde-dpmsolver++', SASolverScheduler,
+  DPMSolverSinglestepScheduler and DEISMultistepScheduler, in `solvers`.
 
-Network evaluations per sample for ``--steps N``: ddpm, ddim, dpmsolver++, unipc: N;
-pndm: N + 9 (N + 1 with ``skip_prk_steps``).
+Network evaluations per sample for ``--steps N``: pndm: N + 9 (N + 1 with ``skip_prk_steps``);
+every other: N.
 
 Each sampler is one `SamplerEntry` of `REGISTRY` (the only place that knows sampler names);
 `SamplerSettings` is a sampler with its options resolved (from the scripts' flags or a diffusers
@@ -35,6 +38,8 @@ from .errors import FlagError
 from .solvers import (DIFFUSERS_SPACINGS, SOLVER_ORDERS, diffusers_timesteps,  # noqa: F401
                       dpm_solver_sample_loop, dynamic_threshold, model_eps_and_x0,
                       pndm_sample_loop, unipc_sample_loop)
+from .solvers import (SA_ORDERS, deis_sample_loop, dpm_solver_singlestep_sample_loop,  # noqa: F401
+                      sa_solver_sample_loop)
 from .diffusion_base import timestep_loop
 
 SPACINGS = ('uniform', 'quad')
@@ -229,6 +234,7 @@ class SamplerEntry:
   options: tuple = ()  # further loop keyword arguments read from a config (same key)
   required: tuple = ()
   replaced: tuple = ()  # (key, values, value): what the diffusers class reads those values as
+  selects: tuple = ()  # (key, value): the config values that pick this entry among its class's
 
   @property
   def spacings(self):
@@ -362,6 +368,7 @@ class SamplerSettings:
     fields = dict(others)
     fields.update({key: getattr(self, field) for field, key in entry.config_fields})
     fields.update(self.options, timestep_spacing=self.spacing, steps_offset=self.steps_offset)
+    fields.update(entry.selects)
     return fmt.scheduler_config(diffusion, entry.scheduler_class, **fields)
 
 
@@ -372,10 +379,13 @@ def get_entry(name):
   return REGISTRY[name]
 
 
-def entry_for_scheduler_class(class_name):
-  """The `REGISTRY` entry whose diffusers scheduler is ``class_name``."""
-  for entry in REGISTRY.values():
-    if entry.scheduler_class == class_name:
+def entry_for_scheduler_class(class_name, config=None):
+  """The `REGISTRY` entry whose diffusers scheduler is ``class_name``; of several (one class,
+  e.g. DPMSolverMultistepScheduler's ODE and SDE algorithms), the one whose ``selects`` the
+  ``config`` (with the class's defaults) has, else the one without ``selects``."""
+  entries = [e for e in REGISTRY.values() if e.scheduler_class == class_name]
+  for entry in sorted(entries, key=lambda e: not e.selects):
+    if all((config or {}).get(key) == value for key, value in entry.selects):
       return entry
   raise fmt.DiffusersFormatError(
       f'scheduler {class_name!r} is not supported (supported: '
@@ -387,8 +397,9 @@ def settings_from_scheduler_config(config, class_name=None):
   ``class_name`` (default: its ``_class_name``) reads it, as diffusers' ``from_config``: the
   class's fields from the config, its defaults for the rest. Refuses what we do not compute."""
   class_name = class_name or config.get('_class_name', 'DDPMScheduler')
-  entry = entry_for_scheduler_class(class_name)
+  entry_for_scheduler_class(class_name)  # an unsupported class named before the config is read
   diffusion, cfg = fmt.diffusion_from_scheduler_config(config, class_name)
+  entry = entry_for_scheduler_class(class_name, cfg)
   for key, values, value in entry.replaced:  # e.g. another solver's solver_type
     cfg[key] = value if cfg.get(key) in values else cfg.get(key)
   for key, accepted in entry.required:
@@ -454,12 +465,33 @@ def _pndm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
                           x_T=x_T, noise_fn=noise_fn)
 
 
-def _multistep_loop(solver):
+def _multistep_loop(solver, **fixed):
   def loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
     return solver(diffusion, denoise_fn, shape=shape, steps=s.steps, order=s.order,
                   spacing=s.spacing, steps_offset=s.steps_offset, x_T=x_T, noise_fn=noise_fn,
-                  **dict(s.options))
+                  **dict(s.options), **fixed)
   return loop
+
+
+def _sa_solver_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  """SA-Solver: ``--order`` is its predictor order (diffusers' ``predictor_order``)."""
+  return sa_solver_sample_loop(diffusion, denoise_fn, shape=shape, steps=s.steps,
+                               predictor_order=s.order, spacing=s.spacing,
+                               steps_offset=s.steps_offset, x_T=x_T, noise_fn=noise_fn,
+                               **dict(s.options))
+
+
+def _singlestep_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  return dpm_solver_singlestep_sample_loop(diffusion, denoise_fn, shape=shape, steps=s.steps,
+                                           order=s.order, x_T=x_T, noise_fn=noise_fn,
+                                           **dict(s.options))
+
+
+def _linspace_only_timesteps(s):
+  """DPMSolverSinglestepScheduler places its steps 'linspace' only."""
+  if s.spacing != 'linspace':
+    raise FlagError(f'--spacing for --sampler {s.name} must be linspace (or uniform), got {s.spacing!r}')
+  return diffusers_timesteps(s.num_timesteps, s.steps, 'linspace', scheduler='dpmsolver++')
 
 
 def _diffusers_timesteps(scheduler):
@@ -492,6 +524,34 @@ REGISTRY = {e.name: e for e in (
                  required=(('solver_type', ('bh2',)), ('predict_x0', (True,)),
                            ('disable_corrector', ([],))) + _ZERO_FINAL,
                  replaced=(('solver_type', ('midpoint', 'heun', 'logrho'), 'bh2'),)),
+    SamplerEntry('sde-dpmsolver++', 'DPMSolverMultistepScheduler',
+                 _multistep_loop(dpm_solver_sample_loop, algorithm_type='sde-dpmsolver++'),
+                 _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
+                 default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
+                 options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
+                 required=(('euler_at_final', (False,)),) + _ZERO_FINAL,
+                 replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),),
+                 selects=(('algorithm_type', 'sde-dpmsolver++'),)),
+    SamplerEntry('sasolver', 'SASolverScheduler', _sa_solver_loop, _diffusers_timesteps('dpmsolver++'),
+                 default_steps=20, orders=SA_ORDERS, default_order=2, diffusers_spacing='linspace',
+                 config_fields=(('order', 'predictor_order'),),
+                 options=('corrector_order', 'lower_order_final'),
+                 required=(('algorithm_type', ('data_prediction',)), ('tau_func', (None,)),
+                           ('use_karras_sigmas', (False,)))),
+    SamplerEntry('dpmsolver++_singlestep', 'DPMSolverSinglestepScheduler', _singlestep_loop,
+                 _linspace_only_timesteps, default_steps=20, orders=SOLVER_ORDERS, default_order=2,
+                 diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
+                 options=('solver_type',), required=(('algorithm_type', ('dpmsolver++',)),) + _ZERO_FINAL,
+                 replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),
+                           ('timestep_spacing', ('leading', 'trailing'), 'linspace'))),
+    SamplerEntry('deis', 'DEISMultistepScheduler', _multistep_loop(deis_sample_loop),
+                 _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
+                 default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
+                 options=('lower_order_final',),
+                 required=(('algorithm_type', ('deis',)), ('solver_type', ('logrho',)),
+                           ('use_karras_sigmas', (False,))),
+                 replaced=(('algorithm_type', ('dpmsolver', 'dpmsolver++'), 'deis'),
+                           ('solver_type', ('midpoint', 'heun', 'bh1', 'bh2'), 'logrho'))),
 )}
 SAMPLERS = tuple(REGISTRY)
 DEFAULT_STEPS = {n: e.default_steps for n, e in REGISTRY.items() if e.default_steps}

@@ -1,6 +1,8 @@
 """Few-step samplers with Hugging Face diffusers' scheduler semantics: its timestep placement,
-PNDM (`PNDMScheduler`), DPM-Solver++ multistep (`DPMSolverMultistepScheduler`) and UniPC
-multistep (`UniPCMultistepScheduler`).
+PNDM (`PNDMScheduler`), DPM-Solver++ multistep for the ODE and the SDE
+(`DPMSolverMultistepScheduler`, algorithm_type 'dpmsolver++' / 'sde-dpmsolver++'), UniPC
+multistep (`UniPCMultistepScheduler`), SA-Solver (`SASolverScheduler`), DPM-Solver++ singlestep
+(`DPMSolverSinglestepScheduler`) and DEIS (`DEISMultistepScheduler`).
 
 Each sampler is planned in float64 NumPy first: every step of these solvers is a linear
 combination of the current sample, a few earlier samples and a few earlier network outputs with
@@ -11,8 +13,8 @@ the DDPM and DDIM loops. Timestep indices are 0-based, as in diffusers.
 Network evaluations (each loop iteration calls the network once, on the whole batch):
   * ``pndm_sample_loop``: ``steps + 9`` (Runge-Kutta warm-up, diffusers' default) or, with
     ``skip_prk_steps=True``, ``steps + 1``.
-  * ``dpm_solver_sample_loop`` and ``unipc_sample_loop``: ``steps`` (UniPC's corrector reuses
-    the next step's evaluation).
+  * every other loop: ``steps`` (UniPC's and SA-Solver's correctors reuse the next step's
+    evaluation). The stochastic ones draw one noise tensor per step from ``noise_fn``.
 """
 
 import math
@@ -28,6 +30,7 @@ from .errors import FlagError
 DIFFUSERS_SPACINGS = ('leading', 'linspace', 'trailing')
 DIFFUSERS_SCHEDULERS = ('ddim', 'ddpm', 'pndm', 'dpmsolver++', 'unipc')
 SOLVER_ORDERS = (1, 2, 3)
+DPM_ALGORITHMS = ('dpmsolver++', 'sde-dpmsolver++')  # ODE, SDE (Lu et al. 2022, section 5)
 
 
 # ----------------------------------------------------------------------------- timesteps
@@ -276,8 +279,11 @@ def _predicts_x0(diffusion):
 
 # ----------------------------------------------------------------------------- DPM-Solver++ / UniPC
 
-def _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, scheduler, use_lu_lambdas=False):
-  """(timesteps [N], VE sigmas [N + 1] ending at 0) as DPMSolverMultistep / UniPC place them."""
+def _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, scheduler, use_lu_lambdas=False,
+                   final_sigma='zero'):
+  """(timesteps [N], VE sigmas [N + 1]) as DPMSolverMultistep / UniPC place them, ending at 0
+  (``final_sigma='zero'``) or at the sigma of the first training step ('sigma_min': DEIS,
+  SA-Solver; their samples keep that little noise)."""
   ac = np.asarray(alphas_cumprod, np.float64)
   T = len(ac)
   sigmas = np.sqrt((1. - ac) / ac)
@@ -292,7 +298,8 @@ def _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, scheduler, use_
   else:
     ts = diffusers_timesteps(T, steps, spacing, steps_offset, scheduler=scheduler)
     s = sigmas[ts]
-  return ts, np.append(s, 0.).astype(np.float32).astype(np.float64)
+  last = 0. if final_sigma == 'zero' else sigmas[0]
+  return ts, np.append(s, last).astype(np.float32).astype(np.float64)
 
 
 def _alpha_sigma_lambda(sig):
@@ -303,46 +310,65 @@ def _alpha_sigma_lambda(sig):
 
 
 def dpm_solver_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offset=0,
-                    solver_type='midpoint', lower_order_final=True, use_lu_lambdas=False):
-  """Per-evaluation coefficients of DPMSolverMultistepScheduler (dpmsolver++,
-  final_sigmas_type='zero'): row k maps (x, x0 history h1 (newest, this step's), h2, h3) to
-  the next sample: ``x <- px[k] * x + ph[k] . (h1, h2, h3)``."""
+                    solver_type='midpoint', lower_order_final=True, use_lu_lambdas=False,
+                    algorithm_type='dpmsolver++'):
+  """Per-evaluation coefficients of DPMSolverMultistepScheduler (``algorithm_type``
+  'dpmsolver++' or 'sde-dpmsolver++', final_sigmas_type='zero'): row k maps (x, x0 history h1
+  (newest, this step's), h2, h3) to the next sample: ``x <- px[k] * x + ph[k] . (h1, h2, h3)``,
+  plus ``pn[k] * z`` with fresh standard normal noise z for the SDE variant."""
   if order not in SOLVER_ORDERS:
-    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for dpmsolver++, got {order!r}')
+    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for {algorithm_type}, got {order!r}')
   if solver_type not in ('midpoint', 'heun'):
     raise ValueError(f"solver_type={solver_type!r}; expected 'midpoint' or 'heun'")
+  if algorithm_type not in DPM_ALGORITHMS:
+    raise ValueError(f'algorithm_type={algorithm_type!r}; expected one of {DPM_ALGORITHMS}')
+  sde = algorithm_type == DPM_ALGORITHMS[1]
   ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'dpmsolver++', use_lu_lambdas)
   alpha, sigma, lam = _alpha_sigma_lambda(sig)
   N = len(ts)
-  px, ph = np.zeros(N), np.zeros((N, 3))
+  px, ph, pn = np.zeros(N), np.zeros((N, 3)), np.zeros(N)
   for k in range(N):
     lower_nums = min(k, order)
     final = k == N - 1  # final_sigmas_type 'zero': always first order into sigma 0
     second = k == N - 2 and lower_order_final and N < 15
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
       h = lam[k + 1] - lam[k]
-      A = alpha[k + 1] * np.expm1(-h)
-    px[k] = sigma[k + 1] / sigma[k]
+      px[k] = sigma[k + 1] / sigma[k] * (np.exp(-h) if sde else 1.)
+      pn[k] = sigma[k + 1] * np.sqrt(-np.expm1(-2. * h)) if sde else 0.
+      w = _dpm_weights(alpha[k + 1], h, sde, solver_type)
     if order == 1 or lower_nums < 1 or final:
-      ph[k, 0] = -A
+      ph[k, 0] = w[0]
       continue
     r0 = (lam[k] - lam[k - 1]) / h
     D1 = np.array([1., -1., 0.]) / r0
     if order == 2 or lower_nums < 2 or second:
-      if solver_type == 'midpoint':
-        ph[k] = -A * np.array([1., 0., 0.]) - .5 * A * D1
-      else:
-        ph[k] = -A * np.array([1., 0., 0.]) + alpha[k + 1] * (np.expm1(-h) / h + 1.) * D1
+      ph[k] = w[0] * np.array([1., 0., 0.]) + w[1] * D1
       continue
     r1 = (lam[k - 1] - lam[k - 2]) / h
     D1_0, D1_1 = D1, np.array([0., 1., -1.]) / r1
     D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
     D2 = (D1_0 - D1_1) / (r0 + r1)
-    ph[k] = (-A * np.array([1., 0., 0.]) + alpha[k + 1] * (np.expm1(-h) / h + 1.) * D1
-             - alpha[k + 1] * ((np.expm1(-h) + h) / h ** 2 - .5) * D2)
+    ph[k] = w[0] * np.array([1., 0., 0.]) + w[2] * D1 + w[3] * D2
   no_corrector = np.zeros((N, 4))
-  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=np.ones(N), cl=np.zeros(N),
+  plan = dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=np.ones(N), cl=np.zeros(N),
               cm=no_corrector)
+  if sde:
+    plan['pn'] = pn
+  return plan
+
+
+def _dpm_weights(alpha_t, h, sde, solver_type):
+  """DPM-Solver++'s weights on D0 = m0, on D1 in the second-order step (midpoint or heun), on
+  D1 and D2 in the third-order step; for the SDE variant as diffusers writes them."""
+  if sde:  # the exponential integrator over 2h, the noise taking the rest of the variance
+    e = np.expm1(-2. * h)
+    heun = alpha_t * (e / (2. * h) + 1.)
+    return (-alpha_t * e, -.5 * alpha_t * e if solver_type == 'midpoint' else heun, heun,
+            alpha_t * ((-e - 2. * h) / (2. * h) ** 2 - .5))
+  e = np.expm1(-h)
+  heun = alpha_t * (e / h + 1.)
+  return (-alpha_t * e, -.5 * alpha_t * e if solver_type == 'midpoint' else heun, heun,
+          -alpha_t * ((e + h) / h ** 2 - .5))
 
 
 def _unipc_coefficients(lam, k_from, k_to, order, hist_index, for_corrector):
@@ -409,25 +435,48 @@ def unipc_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offs
 
 
 def _multistep_impl(diffusion, denoise_fn, shape, frozen, options, x_T):
-  threshold = dict(options)['threshold']
+  """Runs a multistep plan. Row k, after the network's x0 prediction m at (x, t[k]) (its eps
+  when the plan's ``history`` option is 'eps'): corrector ``x <- cx * x + cl * x_last + cm .
+  (m, h1, h2, ...) + cn * z_last``, m pushed onto the history h1, h2, ... (newest first),
+  ``x_last <- x`` (only where ``anchor`` is 1 if the plan has it), predictor ``x <- px * x +
+  pl * x_last + ph . (h1, h2, ...) + pn * z`` with z drawn from ``noise_fn`` (a plan without
+  ``pn`` draws none); z becomes z_last. Absent columns are 0."""
+  opts = dict(options)
+  threshold, noise_fn = opts['threshold'], opts.get('noise_fn')
   tb = _tables(frozen)
   n, B = len(tb['t']), shape[0]
+  depth = max(int(tb['ph'].shape[1]), int(tb['cm'].shape[1]) - 1)
+  stochastic = 'pn' in tb
   zeros = tf.zeros_like(x_T)
 
-  def body(i, x, x_last, h1, h2, h3):
+  def body(i, x, x_last, z_last, *hist):
     k = n - 1 - i
     g = lambda name: tf.gather(tb[name], k)
     out = _model_output(diffusion, denoise_fn, x, tf.fill([B], g('t')))
     m = out if _predicts_x0(diffusion) else (x - g('sigma') * out) / g('alpha')
     if threshold is not None:
       m = dynamic_threshold(m, *threshold)
-    cm = g('cm')
-    x = g('cx') * x + g('cl') * x_last + cm[0] * m + cm[1] * h1 + cm[2] * h2 + cm[3] * h3
-    h1, h2, h3 = m, h1, h2
-    ph = g('ph')
-    return g('px') * x + ph[0] * h1 + ph[1] * h2 + ph[2] * h3, x, h1, h2, h3
+    if opts.get('history') == 'eps':
+      m = (x - g('alpha') * m) / g('sigma')
+    x = g('cx') * x + g('cl') * x_last + _dot(g('cm'), (m,) + hist)
+    if 'cn' in tb:
+      x += g('cn') * z_last
+    hist = ((m,) + hist)[:depth]
+    x_last = tf.where(g('anchor') > 0, x, x_last) if 'anchor' in tb else x
+    x_next = g('px') * x + _dot(g('ph'), hist)
+    if 'pl' in tb:
+      x_next += g('pl') * x_last
+    if stochastic:
+      z_last = noise_fn(shape=shape, dtype=x.dtype)
+      x_next += g('pn') * z_last
+    return (x_next, x_last, z_last) + hist
 
-  return timestep_loop(n, body, (x_T, x_T, zeros, zeros, zeros))[0]
+  return timestep_loop(n, body, (x_T, x_T, zeros) + (zeros,) * depth)[0]
+
+
+def _dot(weights, tensors):
+  """sum_j weights[j] * tensors[j] over the weights' length."""
+  return tf.add_n([weights[j] * tensors[j] for j in range(int(weights.shape[0]))])
 
 
 def _threshold_option(thresholding, dynamic_thresholding_ratio, sample_max_value):
@@ -442,21 +491,32 @@ def _threshold_option(thresholding, dynamic_thresholding_ratio, sample_max_value
 def dpm_solver_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='linspace',
                            steps_offset=0, solver_type='midpoint', lower_order_final=True,
                            use_lu_lambdas=False, thresholding=False, dynamic_thresholding_ratio=0.995,
-                           sample_max_value=1., x_T=None, noise_fn=tf.random.normal):
+                           sample_max_value=1., algorithm_type='dpmsolver++', x_T=None,
+                           noise_fn=tf.random.normal):
   """DPM-Solver++ multistep (Lu et al. 2022) as diffusers' ``DPMSolverMultistepScheduler`` with
-  ``algorithm_type='dpmsolver++'``, ``final_sigmas_type='zero'`` and the given options
-  (defaults are diffusers'). ``order`` 1 is DDIM (eta 0) in the x0 parameterization.
-  ``steps`` network evaluations; deterministic given ``x_T``. ``thresholding`` applies
-  `dynamic_threshold` to each x0 prediction (``sample_max_value=1``: clipping to [-1, 1]).
-  Returns [B, H, W, C], the last x0 prediction (not clipped unless thresholded).
+  ``final_sigmas_type='zero'`` and the given options (defaults are diffusers').
+  ``algorithm_type='dpmsolver++'`` solves the probability-flow ODE (``order`` 1 is DDIM, eta 0,
+  in the x0 parameterization; deterministic given ``x_T``); 'sde-dpmsolver++' the reverse SDE,
+  drawing one noise tensor per step from ``noise_fn`` after ``x_T`` (as diffusers draws one per
+  ``step``). ``steps`` network evaluations. ``thresholding`` applies `dynamic_threshold` to each
+  x0 prediction (``sample_max_value=1``: clipping to [-1, 1]). Returns [B, H, W, C], the last
+  x0 prediction (not clipped unless thresholded).
   """
   _check_diffusion(diffusion)
   plan = dpm_solver_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
                          steps_offset=steps_offset, solver_type=solver_type,
-                         lower_order_final=lower_order_final, use_lu_lambdas=use_lu_lambdas)
-  threshold = _threshold_option(thresholding, dynamic_thresholding_ratio, sample_max_value)
-  return _run_plan(diffusion, _multistep_impl, denoise_fn, shape, plan, (('threshold', threshold),),
-                   _initial_noise(shape, x_T, noise_fn))
+                         lower_order_final=lower_order_final, use_lu_lambdas=use_lu_lambdas,
+                         algorithm_type=algorithm_type)
+  return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
+                        threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
+                                                    sample_max_value))
+
+
+def _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn, *, threshold, history='x0'):
+  x_T = _initial_noise(shape, x_T, noise_fn)  # drawn before any step noise
+  options = (('threshold', threshold), ('history', history),
+             ('noise_fn', noise_fn if 'pn' in plan else None))
+  return _run_plan(diffusion, _multistep_impl, denoise_fn, shape, plan, options, x_T)
 
 
 def unipc_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='linspace',
@@ -471,6 +531,232 @@ def unipc_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='
   _check_diffusion(diffusion)
   plan = unipc_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
                     steps_offset=steps_offset, lower_order_final=lower_order_final)
-  threshold = _threshold_option(thresholding, dynamic_thresholding_ratio, sample_max_value)
-  return _run_plan(diffusion, _multistep_impl, denoise_fn, shape, plan, (('threshold', threshold),),
-                   _initial_noise(shape, x_T, noise_fn))
+  return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
+                        threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
+                                                    sample_max_value))
+
+
+# ----------------------------------------------------------------------------- DPM-Solver singlestep / DEIS
+
+def singlestep_orders(steps, order):
+  """The order of each step of DPMSolverSinglestepScheduler (lower_order_final, as its
+  final_sigmas_type 'zero' forces): cycles 1, 2, ..., order, each cycle one step of that order
+  from the sample at the cycle's start; the last step first order."""
+  N, cycle = int(steps), list(range(1, order + 1))
+  full, rest = divmod(N, order)
+  if order > 1 and rest == 0:  # the last cycle ends one step early, on a first-order step
+    full, rest = full - 1, order - 1
+  orders = cycle * full + cycle[:rest] + [1] * (N - order * full - rest)
+  orders[-1] = 1
+  return orders
+
+
+def dpm_solver_singlestep_plan(alphas_cumprod, *, steps, order=2, solver_type='midpoint'):
+  """Per-evaluation coefficients of DPMSolverSinglestepScheduler (dpmsolver++, final sigma 0,
+  its only timestep placement: 'linspace'). A step of order o goes from the sample held at
+  the o-th last evaluation (the anchor, taken where o is 1) using the last o x0 predictions:
+  ``x <- pl[k] * anchor + ph[k] . (h1, h2, h3)``; ``anchor[k]`` 1 takes x as the anchor."""
+  if order not in SOLVER_ORDERS:
+    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for the singlestep solver, got {order!r}')
+  if solver_type not in ('midpoint', 'heun'):
+    raise ValueError(f"solver_type={solver_type!r}; expected 'midpoint' or 'heun'")
+  ts, sig = _solver_sigmas(alphas_cumprod, steps, 'linspace', 0, 'dpmsolver++')
+  alpha, sigma, lam = _alpha_sigma_lambda(sig)
+  N = len(ts)
+  pl, ph, anchor = np.zeros(N), np.zeros((N, 3)), np.zeros(N)
+  for k, o in enumerate(singlestep_orders(N, order)):
+    a = k - o + 1  # the anchor's index
+    anchor[k] = float(o == 1)
+    with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+      h = lam[k + 1] - lam[a]
+      pl[k] = sigma[k + 1] / sigma[a]
+      w = _dpm_weights(alpha[k + 1], h, False, solver_type)
+    if o == 1:
+      ph[k, 0] = w[0]
+    elif o == 2:  # D0 = m1, D1 = (m0 - m1) / r0
+      D1 = np.array([1., -1., 0.]) / ((lam[k] - lam[a]) / h)
+      ph[k] = w[0] * np.array([0., 1., 0.]) + w[1] * D1
+    else:
+      r0, r1 = (lam[k] - lam[a]) / h, (lam[k - 1] - lam[a]) / h
+      D1_0, D1_1 = np.array([0., 1., -1.]) / r1, np.array([1., 0., -1.]) / r0
+      ph[k] = w[0] * np.array([0., 0., 1.])
+      if solver_type == 'midpoint':
+        ph[k] += w[2] * D1_1
+      else:
+        ph[k] += w[2] * (r0 * D1_0 - r1 * D1_1) / (r0 - r1) + w[3] * 2. * (D1_1 - D1_0) / (r0 - r1)
+  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=np.zeros(N), pl=pl, ph=ph, anchor=anchor,
+              cx=np.ones(N), cl=np.zeros(N), cm=np.zeros((N, 4)))
+
+
+def _deis_rho_weights(rho_t, rho_s):
+  """DEIS (log-rho, Zhang & Chen 2023) weights on the eps history at the rho points ``rho_s``
+  (newest first) for a step from rho_s[0] to rho_t: the integral over rho of each Lagrange
+  basis polynomial in log rho (closed forms for 2 and 3 points)."""
+  L = np.log(np.asarray(rho_s, np.float64))
+  n = len(L)
+  out = np.zeros(n)
+  for i in range(n):
+    others = np.delete(L, i)
+    denom = np.prod(L[i] - others)
+
+    def primitive(r):  # int r' * prod_j (log r' - L_j) dlog r' = int prod_j (log r - L_j) dr
+      lr = np.log(r)
+      if n == 2:
+        return r * (lr - others[0] - 1.)
+      c, d = others
+      return r * (lr ** 2 - (c + d + 2.) * lr + c * d + c + d + 2.)
+
+    out[i] = (primitive(rho_t) - primitive(rho_s[0])) / denom
+  return out
+
+
+def deis_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offset=0,
+              lower_order_final=True):
+  """Per-evaluation coefficients of DEISMultistepScheduler (log-rho, its final sigma the
+  first training step's): over the eps history e1 (newest) .. e3,
+  ``x <- px[k] * x + ph[k] . (e1, e2, e3)``."""
+  if order not in SOLVER_ORDERS:
+    raise FlagError(f'--order must be one of {SOLVER_ORDERS} for deis, got {order!r}')
+  ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'dpmsolver++',
+                           final_sigma='sigma_min')
+  alpha, sigma, lam = _alpha_sigma_lambda(sig)
+  rho = sigma / alpha
+  N = len(ts)
+  px, ph = np.zeros(N), np.zeros((N, 3))
+  for k in range(N):
+    o = min(order, k + 1)
+    if lower_order_final and N < 15:
+      o = min(o, N - k)
+    px[k] = alpha[k + 1] / alpha[k]
+    if o == 1:
+      ph[k, 0] = -sigma[k + 1] * np.expm1(lam[k + 1] - lam[k])
+    else:
+      ph[k, :o] = alpha[k + 1] * _deis_rho_weights(rho[k + 1], rho[k - np.arange(o)])
+  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=np.ones(N), cl=np.zeros(N),
+              cm=np.zeros((N, 4)))
+
+
+def dpm_solver_singlestep_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2,
+                                      solver_type='midpoint', thresholding=False,
+                                      dynamic_thresholding_ratio=0.995, sample_max_value=1.,
+                                      x_T=None, noise_fn=tf.random.normal):
+  """DPM-Solver++ singlestep (Lu et al. 2022) as diffusers' ``DPMSolverSinglestepScheduler``
+  (dpmsolver++, final_sigmas_type 'zero'; its timesteps are always 'linspace'-placed).
+  ``steps`` network evaluations; deterministic given ``x_T``. Returns [B, H, W, C], the last
+  x0 prediction."""
+  _check_diffusion(diffusion)
+  plan = dpm_solver_singlestep_plan(diffusion.alphas_cumprod, steps=steps, order=order,
+                                    solver_type=solver_type)
+  return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
+                        threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
+                                                    sample_max_value))
+
+
+def deis_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='linspace',
+                     steps_offset=0, lower_order_final=True, thresholding=False,
+                     dynamic_thresholding_ratio=0.995, sample_max_value=1., x_T=None,
+                     noise_fn=tf.random.normal):
+  """DEIS multistep (Zhang & Chen 2023) as diffusers' ``DEISMultistepScheduler`` (log-rho;
+  defaults are diffusers'). ``steps`` network evaluations; deterministic given ``x_T``. Returns
+  [B, H, W, C] at the first training step's noise level (as diffusers: not the x0 prediction)."""
+  _check_diffusion(diffusion)
+  plan = deis_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
+                   steps_offset=steps_offset, lower_order_final=lower_order_final)
+  return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn, history='eps',
+                        threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
+                                                    sample_max_value))
+
+
+# ----------------------------------------------------------------------------- SA-Solver
+
+SA_ORDERS = (1, 2, 3, 4)
+
+
+def sa_solver_default_tau(t):
+  """SASolverScheduler's default stochasticity: tau 1 for timesteps 200-800, else 0 (ODE)."""
+  return 1. if 200 <= t <= 800 else 0.
+
+
+def _exp_poly_integral(n, a, b, c):
+  """int_a^b exp(c x) x^n dx in closed form (a primitive exp(c x) sum_j (-1)^j n!/(n-j)!
+  x^(n-j) / c^(j+1))."""
+  def primitive(x):
+    return np.exp(c * x) * sum((-1) ** j * math.factorial(n) / math.factorial(n - j) * x ** (n - j)
+                               / c ** (j + 1) for j in range(n + 1))
+  return primitive(b) - primitive(a)
+
+
+def _sa_weights(lam, k_from, k_to, nodes, tau, sigma_to, corrector):
+  """SA-Solver's data-prediction weights on the x0 predictions at lambda indices ``nodes``
+  (newest first) for a step from k_from to k_to: each Lagrange basis polynomial (in lambda)
+  integrated against exp((1 + tau^2) lambda), plus diffusers' order-2 adjustment (as UniPC's)."""
+  c = 1. + tau ** 2
+  lt, ls, h = lam[k_to], lam[k_from], lam[k_to] - lam[k_from]
+  pts = lam[np.asarray(nodes)]
+  w = np.zeros(len(pts))
+  for i in range(len(pts)):
+    others = np.delete(pts, i)
+    poly = np.atleast_1d(np.poly(others)) / np.prod(pts[i] - others)  # highest power first
+    w[i] = sum(p * _exp_poly_integral(len(pts) - 1 - j, ls, lt, c) for j, p in enumerate(poly))
+  if len(pts) == 2:
+    inner = h * c - 1. + np.exp(-c * h)
+    extra = np.exp(c * lt) * ((h / 2. - inner / (c ** 2 * h)) if corrector
+                              else (h ** 2 / 2. - inner / c ** 2) / (ls - lam[k_from - 1]))
+    w += np.array([extra, -extra])
+  return c * sigma_to * np.exp(-tau ** 2 * lt) * w
+
+
+def sa_solver_plan(alphas_cumprod, *, steps, predictor_order=2, corrector_order=2,
+                   spacing='linspace', steps_offset=0, lower_order_final=True,
+                   tau_func=sa_solver_default_tau):
+  """Per-evaluation coefficients of SASolverScheduler (data prediction; Xue et al. 2023),
+  final sigma the first training step's. Row k, with m the x0 prediction at (x, t[k]):
+  corrector (SA-Corrector, from the sample before the last predictor, with that predictor's
+  noise) ``x <- cl * x_last + cm . (m, h1, h2, h3) + cn * z_last``, then the predictor
+  (SA-Predictor) ``x <- px * x + ph . (h1, ...) + pn * z``, z fresh noise."""
+  for name, value in (('predictor_order', predictor_order), ('corrector_order', corrector_order)):
+    if value not in SA_ORDERS:
+      raise FlagError(f'--order / {name} must be one of {SA_ORDERS} for sasolver, got {value!r}')
+  ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'dpmsolver++',
+                           final_sigma='sigma_min')
+  alpha, sigma, lam = _alpha_sigma_lambda(sig)
+  N, depth = len(ts), max(predictor_order, corrector_order - 1)
+  taus = np.array([float(tau_func(int(t))) for t in ts])
+  rows = dict(px=np.zeros(N), ph=np.zeros((N, depth)), pn=np.zeros(N), cx=np.ones(N),
+              cl=np.zeros(N), cm=np.zeros((N, depth + 1)), cn=np.zeros(N))
+  c_order = None
+  for k in range(N):
+    tau, warm = taus[k], min(k, depth)
+    if k > 0:  # the corrector of step k - 1's predictor, with its tau and stored order
+      tau_c = taus[k - 1]
+      h = lam[k] - lam[k - 1]
+      rows['cx'][k], rows['cl'][k] = 0., np.exp(-tau_c ** 2 * h) * sigma[k] / sigma[k - 1]
+      rows['cm'][k, :c_order] = _sa_weights(lam, k - 1, k, k - np.arange(c_order), tau_c, sigma[k], True)
+      rows['cn'][k] = sigma[k] * np.sqrt(-np.expm1(-2. * tau_c ** 2 * h))
+    p_order = min(predictor_order, N - k) if lower_order_final else predictor_order
+    c_order = min(corrector_order, N - k + 1) if lower_order_final else corrector_order
+    p_order, c_order = min(p_order, warm + 1), min(c_order, warm + 2)
+    h = lam[k + 1] - lam[k]
+    rows['px'][k] = np.exp(-tau ** 2 * h) * sigma[k + 1] / sigma[k]
+    rows['ph'][k, :p_order] = _sa_weights(lam, k, k + 1, k - np.arange(p_order), tau, sigma[k + 1], False)
+    rows['pn'][k] = sigma[k + 1] * np.sqrt(-np.expm1(-2. * tau ** 2 * h))
+  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], **rows)
+
+
+def sa_solver_sample_loop(diffusion, denoise_fn, *, shape, steps, predictor_order=2,
+                          corrector_order=2, spacing='linspace', steps_offset=0,
+                          lower_order_final=True, thresholding=False,
+                          dynamic_thresholding_ratio=0.995, sample_max_value=1., x_T=None,
+                          noise_fn=tf.random.normal):
+  """SA-Solver (stochastic Adams predictor-corrector) as diffusers' ``SASolverScheduler`` with
+  its default tau (`sa_solver_default_tau`) and the given options (defaults are diffusers').
+  ``steps`` network evaluations (the corrector reuses the next step's); one noise tensor drawn
+  from ``noise_fn`` per step after ``x_T``. Returns [B, H, W, C] at the first training step's
+  noise level, as diffusers."""
+  _check_diffusion(diffusion)
+  plan = sa_solver_plan(diffusion.alphas_cumprod, steps=steps, predictor_order=predictor_order,
+                        corrector_order=corrector_order, spacing=spacing, steps_offset=steps_offset,
+                        lower_order_final=lower_order_final)
+  return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
+                        threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
+                                                    sample_max_value))

@@ -278,3 +278,22 @@ def test_pipelines_and_their_loops_are_freed():
     del pipe, net
   gc.collect()
   assert [r for r in refs if r() is not None] == []
+
+
+@pytest.mark.slow
+def test_stochastic_solver_by_name_saves_and_seeds_like_the_scripts(tmp_path):
+  """``pipe.scheduler = 'sde-dpmsolver++'`` is DPMSolverMultistepScheduler with that
+  algorithm_type (save_pretrained writes it, reading it back picks it); a pipeline called with
+  ``seed=batch_seed(seed, i)`` gives generate_samples' batch i, step noise included."""
+  from diffusion_tf import sampling
+  model = pipelines.pretrained_model(FOLDERS['google'])
+  pipe = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google'], scheduler='sde-dpmsolver++')
+  out = pipe.save_pretrained(str(tmp_path / 'hub'))
+  sched = json.load(open(os.path.join(out, 'scheduler', 'scheduler_config.json')))
+  assert sched['_class_name'] == 'DPMSolverMultistepScheduler'
+  assert sched['algorithm_type'] == 'sde-dpmsolver++'
+  assert pipelines.Scheduler.from_config(sched).settings.name == 'sde-dpmsolver++'
+  cli = sampling.generate_samples(model, 2, 2, sampler='sde-dpmsolver++', steps=5, seed=5, log_fn=None)
+  got = pipe(batch_size=2, num_inference_steps=5, seed=sampling.batch_seed(5, 0), output_type='np',
+             progress=False).images
+  np.testing.assert_allclose(got, np.clip(cli / 2 + .5, 0., 1.), rtol=0, atol=2e-6)

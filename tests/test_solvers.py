@@ -135,7 +135,9 @@ class _Model:
 
 
 @pytest.mark.parametrize('sampler,steps,order,evals', [
-    ('pndm', 6, None, 15), ('dpmsolver++', 7, 3, 7), ('unipc', 5, None, 5), ('ddim', 8, None, 8)])
+    ('pndm', 6, None, 15), ('dpmsolver++', 7, 3, 7), ('unipc', 5, None, 5), ('ddim', 8, None, 8),
+    ('sde-dpmsolver++', 6, 3, 6), ('sasolver', 5, 4, 5), ('dpmsolver++_singlestep', 7, 3, 7),
+    ('deis', 6, 3, 6)])
 def test_sampler_dispatch_counts(fx, sampler, steps, order, evals):
   diffusion = _v2()
   den = GaussianDenoiser(diffusion, fx['mu'])
@@ -245,8 +247,9 @@ def test_bad_arguments_fail_before_work(kwargs, match):
 
 @pytest.mark.slow
 def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
-  """``run_digits.py sample --sampler dpmsolver++ --order 3`` samples; ``--order 5`` fails with
-  a message naming the flag and writes nothing."""
+  """``run_digits.py sample --sampler dpmsolver++ --order 3`` (and ``sasolver --order 4``)
+  samples, its summary naming the network evaluations; ``--order 5`` fails with a message naming
+  the flag and writes nothing."""
   import scripts.run_digits as run_digits
   from diffusion_tf import runners
   from test_sampling import _run, _write_original_layout_checkpoint
@@ -258,6 +261,10 @@ def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
                '--sampler', 'dpmsolver++', '--steps', '4', '--order', '3', '--out', out])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert np.load(out + '.npz')['samples'].shape == (3, 16, 16, 1)
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
+               '--sampler', 'sasolver', '--steps', '4', '--order', '4', '--out', out + '_sa'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '(sasolver, 4 network evaluations each)' in proc.stdout.strip().splitlines()[-1]
   proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
                '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
   assert proc.returncode != 0 and '--order' in proc.stderr
@@ -289,3 +296,130 @@ def test_strided_ddpm_matches_diffusers_with_its_noise(fx, name, var_type, spaci
     np.testing.assert_allclose(scripts, out.numpy(), rtol=0, atol=1e-6)
   else:
     assert np.abs(scripts - want).max() > 1e-2
+
+
+# name -> (function, keyword arguments); the fixture script's cases of the stochastic samplers
+# (their noise replayed), DPM-Solver++ singlestep and DEIS
+MORE_CASES = {
+    'sde_o1_8': (solvers.dpm_solver_sample_loop, dict(steps=8, order=1, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_10': (solvers.dpm_solver_sample_loop, dict(steps=10, algorithm_type='sde-dpmsolver++')),
+    'sde_o3_10': (solvers.dpm_solver_sample_loop, dict(steps=10, order=3, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_20': (solvers.dpm_solver_sample_loop, dict(steps=20, algorithm_type='sde-dpmsolver++')),
+    'sde_o2_heun_trailing_7': (solvers.dpm_solver_sample_loop,
+                               dict(steps=7, algorithm_type='sde-dpmsolver++', solver_type='heun',
+                                    spacing='trailing')),
+    'sa_p2c2_10': (solvers.sa_solver_sample_loop, dict(steps=10)),
+    'sa_p2c2_20': (solvers.sa_solver_sample_loop, dict(steps=20)),
+    'sa_p1c1_6': (solvers.sa_solver_sample_loop, dict(steps=6, predictor_order=1, corrector_order=1)),
+    'sa_p3c4_12': (solvers.sa_solver_sample_loop, dict(steps=12, predictor_order=3, corrector_order=4)),
+    'sa_p4c3_leading_9': (solvers.sa_solver_sample_loop, dict(steps=9, predictor_order=4, corrector_order=3,
+                                                              spacing='leading')),
+    'single_o2_10': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=10)),
+    'single_o3_10': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=10, order=3)),
+    'single_o3_9': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=9, order=3)),
+    'single_o1_5': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=5, order=1)),
+    'single_o3_heun_11': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=11, order=3, solver_type='heun')),
+    'single_o2_heun_20': (solvers.dpm_solver_singlestep_sample_loop, dict(steps=20, solver_type='heun')),
+    'deis_o2_10': (solvers.deis_sample_loop, dict(steps=10)),
+    'deis_o1_6': (solvers.deis_sample_loop, dict(steps=6, order=1)),
+    'deis_o3_10': (solvers.deis_sample_loop, dict(steps=10, order=3)),
+    'deis_o3_20': (solvers.deis_sample_loop, dict(steps=20, order=3)),
+    'deis_o2_trailing_8': (solvers.deis_sample_loop, dict(steps=8, spacing='trailing')),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MORE_CASES))
+def test_more_schedulers_match_diffusers(fx, name):
+  """Every step of diffusers' trajectory, with diffusers' own step noise replayed through our
+  loop's noise_fn for the stochastic ones, and one network evaluation per diffusers timestep."""
+  fn, kwargs = MORE_CASES[name]
+  diffusion = _v2()
+  den = GaussianDenoiser(diffusion, fx['mu'])
+  x_T, want = fx['x_T'], fx[f'{name}/trajectory']
+  noise = fx.get(f'{name}/noise')
+  replay = {} if noise is None else dict(noise_fn=ReplayNoise(noise).normal)
+  out = fn(diffusion, den, shape=x_T.shape, x_T=x_T, **kwargs, **replay).numpy()
+  np.testing.assert_allclose(out, want[-1], rtol=1e-4, atol=2e-5 * len(want))
+  assert int(den.calls.numpy()) == len(fx[f'{name}/timesteps'])
+  if noise is not None:  # the noise matters: without it the end point differs
+    assert len(noise) == len(want)
+    quiet = fn(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=tf.zeros, **kwargs).numpy()
+    assert np.abs(quiet - want[-1]).max() > 1e-2
+  spacing = kwargs.get('spacing', 'linspace')
+  ts = solvers.diffusers_timesteps(T, kwargs['steps'], spacing, scheduler='dpmsolver++')
+  np.testing.assert_array_equal(ts, fx[f'{name}/timesteps'])
+
+
+# (registry name, diffusers config beyond the schedule, the fixture case that config runs)
+REGISTRY_CASES = [
+    ('sde-dpmsolver++', {'_class_name': 'DPMSolverMultistepScheduler', 'algorithm_type': 'sde-dpmsolver++'},
+     'sde_o2_10'),
+    ('sasolver', {'_class_name': 'SASolverScheduler'}, 'sa_p2c2_10'),
+    ('dpmsolver++_singlestep', {'_class_name': 'DPMSolverSinglestepScheduler', 'solver_order': 3,
+                                'timestep_spacing': 'leading'}, 'single_o3_10'),
+    ('deis', {'_class_name': 'DEISMultistepScheduler', 'timestep_spacing': 'trailing', 'steps_offset': 1,
+              'solver_type': 'midpoint'}, 'deis_o2_trailing_8'),
+]
+
+
+@pytest.mark.parametrize('name,config,case', REGISTRY_CASES)
+def test_registry_reads_diffusers_configs_and_names(fx, name, config, case):
+  """A diffusers scheduler config (its class, DPMSolverMultistepScheduler's algorithm_type)
+  picks the entry and runs diffusers' trajectory, as diffusers' from_config reads it
+  (DPMSolverSinglestepScheduler has no timestep_spacing; DEIS reads another solver's
+  solver_type as its own); the config written back picks it again; ``--sampler NAME`` is the
+  class's defaults."""
+  settings, diffusion, _ = sampling.settings_from_scheduler_config(
+      dict(config, beta_schedule='linear', beta_start=1e-4, beta_end=0.02))
+  steps = len(fx[f'{case}/timesteps'])
+  settings = settings.with_steps(steps)
+  assert settings.name == name and settings.num_evaluations == steps
+  np.testing.assert_array_equal(settings.timesteps, fx[f'{case}/timesteps'])
+  den = GaussianDenoiser(diffusion, fx['mu'])
+  x_T, noise = fx['x_T'], fx.get(f'{case}/noise')
+  replay = lambda: ReplayNoise(noise).normal if noise is not None else tf.random.normal
+  out = settings.loop(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=replay())
+  want = fx[f'{case}/trajectory'][-1]
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=2e-4)
+  written = settings.scheduler_config(diffusion)
+  assert written['_class_name'] == config['_class_name']
+  assert sampling.settings_from_scheduler_config(written)[0].with_steps(steps) == settings
+  if case.endswith('_10'):  # diffusers' defaults but the order
+    by_name = sampling.SamplerSettings.resolve(name, T, steps=steps, order=settings.order)
+    again = by_name.loop(diffusion, den, shape=x_T.shape, x_T=x_T, noise_fn=replay())
+    np.testing.assert_array_equal(again.numpy(), out.numpy())
+
+
+def test_config_algorithm_type_chooses_ode_or_sde():
+  base = {'_class_name': 'DPMSolverMultistepScheduler'}
+  pick = lambda cfg: sampling.settings_from_scheduler_config(cfg)[0].name
+  assert pick(base) == 'dpmsolver++'
+  assert pick(dict(base, algorithm_type='sde-dpmsolver++')) == 'sde-dpmsolver++'
+  with pytest.raises(ValueError, match='algorithm_type'):
+    pick(dict(base, algorithm_type='sde-dpmsolver'))
+  with pytest.raises(ValueError, match='tau_func'):
+    pick({'_class_name': 'SASolverScheduler', 'tau_func': 'custom'})
+
+
+def test_stochastic_samplers_draw_their_noise_from_the_seed(fx):
+  """Seeded: the same seed gives the same batch, another seed another (the step noise, not only
+  x_T: x_T is drawn first, so a sampler that ignored its step noise would still differ)."""
+  diffusion = _v2()
+  for name in ('sde-dpmsolver++', 'sasolver'):
+    draw = sampling.Sampler(_Model(diffusion, GaussianDenoiser(diffusion, fx['mu'])), sampler=name, steps=6)
+    a, b = draw(2, seed=3), draw(2, seed=4)
+    np.testing.assert_array_equal(draw(2, seed=3), a)
+    assert np.abs(a - b).max() > 1e-2
+
+
+def test_bad_sampler_options_fail_before_work():
+  diffusion = _v2()
+
+  def denoise(x, t):
+    raise AssertionError('no network call expected')
+
+  for kwargs, match in ((dict(sampler='sasolver', order=5), '--order'),
+                        (dict(sampler='dpmsolver++_singlestep', spacing='trailing'), '--spacing'),
+                        (dict(sampler='deis', order=4), '--order')):
+    with pytest.raises(ValueError, match=match):
+      sampling.Sampler(_Model(diffusion, denoise), **kwargs)
