@@ -209,3 +209,22 @@ def test_pipeline_takes_them_by_name_and_config_and_writes_them_back(tmp_path):
   assert sched['timestep_spacing'] == 'linspace'
   again = pipelines.Scheduler.from_config(sched)
   assert again.settings == by_name.scheduler.settings
+
+
+@pytest.mark.slow
+def test_sample_command_says_its_network_evaluations(tmp_path):
+  """``run_digits.py sample --sampler heun --steps 3`` samples (fractional timesteps through the
+  U-Net) and its summary line counts Heun's 5 network evaluations."""
+  import scripts.run_digits as run_digits
+  from diffusion_tf import runners
+  from test_sampling import _run, _write_original_layout_checkpoint
+  kw = runners.script_defaults(run_digits.train)
+  model = runners.make_model(kw, (16, 16, kw['channels']))
+  prefix, _ = _write_original_layout_checkpoint(str(tmp_path / 'model.ckpt'), model.net, 3)
+  out = str(tmp_path / 'heun')
+  proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '2',
+               '--sampler', 'heun', '--steps', '3', '--out', out])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '(heun, 5 network evaluations per sample)' in proc.stdout.strip().splitlines()[-1]
+  samples = np.load(out + '.npz')['samples']
+  assert samples.shape == (2, 16, 16, 1)
