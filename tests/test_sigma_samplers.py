@@ -109,6 +109,28 @@ def test_matches_diffusers(fx, name):
     assert int(noise_fn.__self__.i.numpy()) == len(noise)  # drew exactly diffusers' noise
 
 
+@pytest.mark.slow  # one compiled loop per evaluation: ~5-10 s a case
+@pytest.mark.parametrize('name', ['euler_churn_10', 'heun_karras_8', 'lms_linspace_10',
+                                  'kdpm2_leading_5', 'kdpm2_ancestral_karras_7'])
+def test_matches_diffusers_step_by_step(fx, name):
+  """After every evaluation (a plan cut there), the sample diffusers' step() returned, also
+  the two-evaluation steps' intermediate one and with the noise drawn so far."""
+  settings, diffusion = _settings(name)
+  churn = CASES[name][3]
+  plan = (sigma_samplers.euler_plan(diffusion.alphas_cumprod, steps=10, **churn)
+          if isinstance(churn, dict) else
+          sampling._sigma_plan(_PLANS[settings.name], settings, diffusion.alphas_cumprod))
+  den = FractionalGaussianDenoiser(diffusion, fx['mu'])
+  x_T, noise, traj = fx['x_T'], fx.get(f'{name}/noise'), fx[f'{name}/trajectory']
+  for k in range(1, len(traj) + 1):
+    cut = {key: (v if key == 'init' else v[:k]) for key, v in plan.items()}
+    noise_fn = ReplayNoise(noise).normal if noise is not None else tf.random.normal
+    out = sigma_samplers.sigma_sample_loop(diffusion, den, cut, shape=x_T.shape, x_T=x_T,
+                                           noise_fn=noise_fn, clip_sample='clip' in name)
+    np.testing.assert_allclose(out.numpy(), traj[k - 1], rtol=1e-4, atol=2e-5 * k,
+                               err_msg=f'after evaluation {k}')
+
+
 _PLANS = {'euler': sigma_samplers.euler_plan, 'euler_ancestral': sigma_samplers.euler_ancestral_plan,
           'heun': sigma_samplers.heun_plan, 'lms': sigma_samplers.lms_plan,
           'kdpm2': sigma_samplers.kdpm2_plan, 'kdpm2_ancestral': sigma_samplers.kdpm2_ancestral_plan}
