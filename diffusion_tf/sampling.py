@@ -257,8 +257,9 @@ class SamplerSettings:
 
   What later samplers need of this shape (not implemented): starting at (t, x_t) (a ``start``
   field cutting ``timesteps``), a per-step hook (an ``on_step`` loop argument, like the
-  pipelines' progress tick around the denoiser), float timesteps (``timesteps`` returning
-  floats; the loops gather their tables by index, not by timestep) and stochastic samplers
+  pipelines' progress tick around the denoiser), float timesteps (done for the sigma family:
+  their plans hold the network's fractional timesteps; the loops gather their tables by index,
+  not by timestep) and stochastic samplers
   whose noise replays (already so: every loop draws all its noise from ``noise_fn``, which the
   callers back with one `tf.random.Generator` reset from a seed).
   """
@@ -601,9 +602,9 @@ class Sampler:
   it is used (`generate_samples` makes one per call), not for one that outlives a
   checkpoint restore.
 
-  ``order`` (dpmsolver++, unipc: 1-3, default 2) and ``skip_prk_steps`` (pndm) as in
-  `solvers`; for those samplers ``steps`` defaults to `DEFAULT_STEPS` and ``spacing`` 'uniform'
-  means the diffusers scheduler's default placement. ``num_evaluations`` is the number of
+  ``order`` (dpmsolver++, unipc: 1-3, default 2; lms: 1-4, default 4) and ``skip_prk_steps``
+  (pndm) as in `solvers` / `sigma_samplers`; for those samplers ``steps`` defaults to
+  `DEFAULT_STEPS` and ``spacing`` 'uniform' means the diffusers scheduler's default placement. ``num_evaluations`` is the number of
   network calls per sample.
   """
 
