@@ -11,5 +11,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --upgrade pip >/dev/null || true
-"$VENV/bin/pip" install "torch==2.13.0" diffusers psutil
+"$VENV/bin/pip" install "torch==2.13.0" diffusers psutil scipy  # scipy: LMSDiscreteScheduler
 "$VENV/bin/python" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"

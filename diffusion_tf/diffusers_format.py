@@ -497,6 +497,20 @@ SCHEDULER_DEFAULTS.update({
                               **{k: v for k, v in _NO_FINAL.items() if k != 'solver_order'},
                               predictor_order=2, corrector_order=2, tau_func=None,
                               algorithm_type='data_prediction'),
+# The sigma-family schedulers (`sigma_samplers`): 'linspace' placement, their sigma options.
+_SIGMA = dict(_COMMON, timestep_spacing='linspace')
+_SIGMA_OPTIONS = {'use_karras_sigmas': False, 'use_exponential_sigmas': False, 'use_beta_sigmas': False}
+_SD_BETAS = {'beta_start': 0.00085, 'beta_end': 0.012}  # Heun's and KDPM2's class defaults
+SCHEDULER_DEFAULTS.update({
+    'EulerDiscreteScheduler': dict(_SIGMA, **_SIGMA_OPTIONS, interpolation_type='linear',
+                                   sigma_min=None, sigma_max=None, timestep_type='discrete',
+                                   rescale_betas_zero_snr=False, final_sigmas_type='zero'),
+    'EulerAncestralDiscreteScheduler': dict(_SIGMA, rescale_betas_zero_snr=False),
+    'HeunDiscreteScheduler': dict(_SIGMA, **_SD_BETAS, **_SIGMA_OPTIONS, clip_sample=False,
+                                  clip_sample_range=1.0),
+    'LMSDiscreteScheduler': dict(_SIGMA, **_SIGMA_OPTIONS),
+    'KDPM2DiscreteScheduler': dict(_SIGMA, **_SD_BETAS, **_SIGMA_OPTIONS),
+    'KDPM2AncestralDiscreteScheduler': dict(_SIGMA, **_SD_BETAS, **_SIGMA_OPTIONS),
 })
 _VARIANCE_TYPES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
 _PREDICTION_TYPES = {'epsilon': 'eps', 'sample': 'xstart'}

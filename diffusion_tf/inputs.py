@@ -81,7 +81,7 @@ def _host_timesteps(t, fail, num_timesteps):
   return arr.astype(np.int32)
 
 
-def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
+def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False, allow_float=False):
   """``t`` as an integer [B] tensor for ``images`` [B, ...].
 
   A tensor must have an integer dtype (a float tensor's values are unknown while tracing, so a
@@ -89,20 +89,26 @@ def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
   is filled to [B]. NumPy / Python values are checked on the host (see `_host_timesteps`),
   become int32, and a scalar is repeated B times. ``allow_single``: a length-1 vector also
   passes, for a caller that broadcasts it over the batch (the UNet's embedding add does).
+  ``allow_float`` (the UNet, whose timestep embedding is continuous): a float tensor passes
+  unchanged and fractional NumPy / Python values become float32 (diffusers' 'linspace' and
+  Karras-sigma schedulers evaluate the network between the training timesteps); integer and
+  whole-valued ones still become int32, so their results do not change.
   """
   batch = images.shape.as_list()[0] if images.shape.rank else None
 
   def fail(got):  # the message is only built when it is needed (UNet calls are benchmarked)
-    vector = 'int [B] vector' + (' (or [1])' if allow_single else '')
+    kind, vector = ('a number', 'a float or int') if allow_float else ('an integer', 'an int')
+    vector += ' [B] vector' + (' (or [1])' if allow_single else '')
     b = f'B = {batch}' if batch is not None else 'B'
-    return ValueError(f'{owner} expects timesteps t: an integer scalar or an {vector}, '
+    return ValueError(f'{owner} expects timesteps t: {kind} scalar or {vector}, '
                       f'{b} (the images\' batch); got {got}')
 
   if tf.is_tensor(t):
-    if not t.dtype.is_integer:
+    if not (t.dtype.is_integer or (allow_float and t.dtype.is_floating)):
       raise fail(f'a tensor of dtype {t.dtype.name}')
   else:
-    t = _host_timesteps(t, fail, num_timesteps)
+    fractional = allow_float and _fractional(t)
+    t = np.asarray(t, np.float32) if fractional else _host_timesteps(t, fail, num_timesteps)
     if t.ndim == 0 and batch is not None:
       t = np.full([batch], t)
     t = tf.convert_to_tensor(t)
@@ -115,6 +121,16 @@ def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
                      and not (allow_single and n == 1)):
       raise fail(f'shape {shape_text(t.shape)}')
   return t
+
+
+def _fractional(t):
+  """Whether host timestep values are finite floats that are not all whole numbers."""
+  try:
+    arr = np.asarray(t)
+  except (ValueError, TypeError):
+    return False
+  return (arr.dtype.kind == 'f' and bool(np.all(np.isfinite(arr)))
+          and not np.array_equal(arr, np.round(arr)))
 
 
 def timestep(t, *, owner, num_timesteps):

@@ -530,7 +530,7 @@ class GroupNorm(tf.Module):
 def get_timestep_embedding(timesteps, embedding_dim, *, flip_sin_to_cos=False, freq_shift=1):
   """Sinusoidal timestep embedding (Fairseq / tensor2tensor), as in the original.
 
-  timesteps: int [B]. Returns float32 [B, embedding_dim]: ``sin`` half first, then
+  timesteps: int or float [B]. Returns float32 [B, embedding_dim]: ``sin`` half first, then
   ``cos``; frequencies ``exp(-k ln(10000) / (half - 1))`` (note ``half - 1``); one
   zero column appended when ``embedding_dim`` is odd.
   ``flip_sin_to_cos`` (cos half first) and ``freq_shift`` (``half - freq_shift``) are

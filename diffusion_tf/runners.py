@@ -154,10 +154,21 @@ def sampler_flags(flags):
   return {k: flags[k] for k in ('sampler', 'steps', 'eta', 'spacing', 'order')}
 
 
-def _default_out(flags, model, prefix, step):
-  tag = sampling.SamplerSettings.resolve(
+def _sampler_settings(flags, model):
+  return sampling.SamplerSettings.resolve(
       flags['sampler'], model.diffusion.num_timesteps, steps=flags['steps'], eta=flags['eta'],
-      spacing=flags['spacing'], order=flags['order']).output_tag()
+      spacing=flags['spacing'], order=flags['order'])
+
+
+def _evaluations(flags, model):
+  """``'ddim, 50 network evaluations per sample'``: the sampler's cost, for the summary line
+  (Heun and KDPM2 evaluate the network twice per step)."""
+  settings = _sampler_settings(flags, model)
+  return f'{settings.name}, {settings.num_evaluations} network evaluations per sample'
+
+
+def _default_out(flags, model, prefix, step):
+  tag = _sampler_settings(flags, model).output_tag()
   if flags['pretrained']:  # a Hub id or folder: write beside the current directory
     return f'samples_{os.path.basename(os.path.normpath(flags["pretrained"]))}_{tag}'
   run_dir = flags['model_dir'] or os.path.dirname(prefix)
@@ -180,11 +191,7 @@ def sample(recipe, flags):
                                       seed=flags['seed'], **sampler_flags(flags))
   images = write_samples(out, samples, overwrite=flags['overwrite'])
   exported = interop.export_samples(images, npz=flags['export_npz'], png_dir=flags['export_png_dir'])
-  evaluations = sampling.SamplerSettings.resolve(
-      flags['sampler'], model.diffusion.num_timesteps, steps=flags['steps'], eta=flags['eta'],
-      spacing=flags['spacing'], order=flags['order']).num_evaluations
-  print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png ({flags["sampler"]}, '
-        f'{evaluations} network evaluations each)'
+  print(f'Wrote {images.shape[0]} samples to {out}.npz and {out}.png ({_evaluations(flags, model)})'
         + (f', {exported}' if exported else '') + _recognised(recipe.sampling.recognise, images))
 
 

@@ -11,9 +11,11 @@
 * ``sde-dpmsolver++`` and ``sasolver`` (stochastic), ``dpmsolver++_singlestep``, ``deis``:
   DPMSolverMultistepScheduler with algorithm_type 'sde-dpmsolver++', SASolverScheduler,
   DPMSolverSinglestepScheduler and DEISMultistepScheduler, in `solvers`.
+* ``euler``, ``euler_ancestral``, ``heun``, ``lms`` (``--order`` 1-4), ``kdpm2``,
+  ``kdpm2_ancestral``: diffusers' sigma-family schedulers, in `sigma_samplers`.
 
 Network evaluations per sample for ``--steps N``: pndm: N + 9 (N + 1 with ``skip_prk_steps``);
-every other: N.
+heun, kdpm2, kdpm2_ancestral: 2N - 1; every other: N.
 
 Each sampler is one `SamplerEntry` of `REGISTRY` (the only place that knows sampler names);
 `SamplerSettings` is a sampler with its options resolved (from the scripts' flags or a diffusers
@@ -31,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from . import diffusers_format as fmt, nn, utils
+from . import diffusers_format as fmt, nn, sigma_samplers, utils
 from .diffusion_utils import GaussianDiffusion
 from .diffusion_utils_2 import GaussianDiffusion2
 from .errors import FlagError
@@ -260,8 +262,9 @@ class SamplerSettings:
 
   What later samplers need of this shape (not implemented): starting at (t, x_t) (a ``start``
   field cutting ``timesteps``), a per-step hook (an ``on_step`` loop argument, like the
-  pipelines' progress tick around the denoiser), float timesteps (``timesteps`` returning
-  floats; the loops gather their tables by index, not by timestep) and stochastic samplers
+  pipelines' progress tick around the denoiser), float timesteps (done for the sigma family:
+  their plans hold the network's fractional timesteps; the loops gather their tables by index,
+  not by timestep) and stochastic samplers
   whose noise replays (already so: every loop draws all its noise from ``noise_fn``, which the
   callers back with one `tf.random.Generator` reset from a seed).
   """
@@ -292,6 +295,7 @@ class SamplerSettings:
     s = cls(name, T, steps=resolved, eta=float(eta), spacing=check_spacing(name, spacing),
             order=check_order(name, order), skip_prk_steps=bool(skip_prk_steps),
             set_alpha_to_one=bool(entry.config_defaults().get('set_alpha_to_one', False)),
+            clip_sample=bool(entry.config_defaults().get('clip_sample', True)),
             requested=(steps, order, eta))
     s.timesteps  # validates the placement before any work
     return s
@@ -501,6 +505,44 @@ def _diffusers_timesteps(scheduler):
   return timesteps
 
 
+def _sigma_plan(plan_fn, s, alphas_cumprod):
+  """The `sigma_samplers` plan of settings ``s`` on a noise schedule."""
+  kw = dict(s.options)
+  if s.entry.orders:  # LMS: its order is a step argument, not a config field
+    kw['order'] = s.order or s.entry.default_order
+  return plan_fn(alphas_cumprod, steps=s.steps, spacing=s.spacing, steps_offset=s.steps_offset, **kw)
+
+
+def _sigma_loop(plan_fn):
+  def loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+    clip = 'clip_sample' in dict(s.entry.config_fields) and s.clip_sample  # Heun's option
+    return sigma_samplers.sigma_sample_loop(
+        diffusion, denoise_fn, _sigma_plan(plan_fn, s, diffusion.alphas_cumprod), shape=shape,
+        clip_sample=clip, x_T=x_T, noise_fn=noise_fn)
+  return loop
+
+
+def _sigma_timesteps(evaluations_per_step):
+  """The scheduler's placed timesteps in evaluation order (a two-evaluation step's second
+  evaluation listed under the step's end, the last step one evaluation). The network's exact
+  timesteps (KDPM2's midpoints, Karras sigmas') depend on the noise schedule: the plan's ``t``."""
+  def timesteps(s):
+    ts = sigma_samplers.sigma_timesteps(s.num_timesteps, s.steps, s.spacing, s.steps_offset)
+    return ts if evaluations_per_step == 1 else np.concatenate([ts[:1], np.repeat(ts[1:], 2)])
+  return timesteps
+
+
+def _sigma_entry(name, scheduler_class, plan_fn, evaluations_per_step, *, karras=True, **kw):
+  """A sigma-family `SamplerEntry` (diffusers' 'linspace' default, 50 steps)."""
+  unsupported = (('use_exponential_sigmas', (False,)), ('use_beta_sigmas', (False,))) if karras else ()
+  return SamplerEntry(name, scheduler_class, _sigma_loop(plan_fn), _sigma_timesteps(evaluations_per_step),
+                      default_steps=50, diffusers_spacing='linspace',
+                      options=('use_karras_sigmas',) if karras else (),
+                      required=unsupported + kw.pop('required', ()), **kw)
+
+
+_EULER_ONLY = (('interpolation_type', ('linear',)), ('sigma_min', (None,)), ('sigma_max', (None,)),
+               ('timestep_type', ('discrete',)), ('final_sigmas_type', ('zero',)))
 _ZERO_FINAL = (('final_sigmas_type', ('zero',)), ('use_karras_sigmas', (False,)))
 REGISTRY = {e.name: e for e in (
     SamplerEntry('ddpm', 'DDPMScheduler', _ddpm_loop, _ddpm_timesteps,
@@ -552,6 +594,17 @@ REGISTRY = {e.name: e for e in (
                            ('use_karras_sigmas', (False,))),
                  replaced=(('algorithm_type', ('dpmsolver', 'dpmsolver++'), 'deis'),
                            ('solver_type', ('midpoint', 'heun', 'bh1', 'bh2'), 'logrho'))),
+    _sigma_entry('euler', 'EulerDiscreteScheduler', sigma_samplers.euler_plan, 1,
+                 required=_EULER_ONLY),
+    _sigma_entry('euler_ancestral', 'EulerAncestralDiscreteScheduler',
+                 sigma_samplers.euler_ancestral_plan, 1, karras=False),
+    _sigma_entry('heun', 'HeunDiscreteScheduler', sigma_samplers.heun_plan, 2,
+                 config_fields=(('clip_sample', 'clip_sample'),)),
+    _sigma_entry('lms', 'LMSDiscreteScheduler', sigma_samplers.lms_plan, 1,
+                 orders=sigma_samplers.LMS_ORDERS, default_order=4),
+    _sigma_entry('kdpm2', 'KDPM2DiscreteScheduler', sigma_samplers.kdpm2_plan, 2),
+    _sigma_entry('kdpm2_ancestral', 'KDPM2AncestralDiscreteScheduler',
+                 sigma_samplers.kdpm2_ancestral_plan, 2),
 )}
 SAMPLERS = tuple(REGISTRY)
 DEFAULT_STEPS = {n: e.default_steps for n, e in REGISTRY.items() if e.default_steps}
@@ -608,9 +661,9 @@ class Sampler:
   it is used (`generate_samples` makes one per call), not for one that outlives a
   checkpoint restore.
 
-  ``order`` (dpmsolver++, unipc: 1-3, default 2) and ``skip_prk_steps`` (pndm) as in
-  `solvers`; for those samplers ``steps`` defaults to `DEFAULT_STEPS` and ``spacing`` 'uniform'
-  means the diffusers scheduler's default placement. ``num_evaluations`` is the number of
+  ``order`` (dpmsolver++, unipc: 1-3, default 2; lms: 1-4, default 4) and ``skip_prk_steps``
+  (pndm) as in `solvers` / `sigma_samplers`; for those samplers ``steps`` defaults to
+  `DEFAULT_STEPS` and ``spacing`` 'uniform' means the diffusers scheduler's default placement. ``num_evaluations`` is the number of
   network calls per sample.
   """
 

@@ -87,10 +87,10 @@ _TRAIN_DIGITS = [
     ('--save_every_steps', '0'), ('--save_checkpoints_secs', '-1'), ('--seed', '-1'),
     ('--num_sample_images', '-1'), ('--randflip', '2'), ('--exp_name', ''),
 ]
-_SAMPLE = [('--num_samples', '0'), ('--batch_size', '-1'), ('--sampler', 'euler'),
+_SAMPLE = [('--num_samples', '0'), ('--batch_size', '-1'), ('--sampler', 'lcm'),
            ('--steps', '0'), ('--eta', '-1'), ('--spacing', 'log'), ('--mixed_precision', 'fp8'),
            ('--seed', 'x')]
-_EVALUATION = [('--total_bs', '0'), ('--num_inception_samples', '1'), ('--sampler', 'euler'),
+_EVALUATION = [('--total_bs', '0'), ('--num_inception_samples', '1'), ('--sampler', 'lcm'),
                ('--steps', '0'), ('--spacing', 'log'), ('--eta', '-0.5')]
 
 BAD_FLAGS = (

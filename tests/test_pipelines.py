@@ -224,9 +224,9 @@ def test_scheduler_swaps_and_save_pretrained_writes_it(tmp_path):
   assert again.scheduler.settings.name == 'ddpm'
   assert pipelines.DDIMPipeline.from_pretrained(out).scheduler_config['set_alpha_to_one']
   with pytest.raises(ValueError, match='--sampler'):
-    pipe.scheduler = 'euler'
-  with pytest.raises(ValueError, match='EulerDiscreteScheduler'):
-    pipe.scheduler = dict(cfg, _class_name='EulerDiscreteScheduler')
+    pipe.scheduler = 'lcm'
+  with pytest.raises(ValueError, match='LCMScheduler'):
+    pipe.scheduler = dict(cfg, _class_name='LCMScheduler')
   with pytest.raises(ValueError, match='algorithm_type'):
     pipe.scheduler = dict(cfg, _class_name='DPMSolverMultistepScheduler', algorithm_type='dpmsolver')
 

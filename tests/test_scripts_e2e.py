@@ -39,7 +39,7 @@ NUM = 8  # samples per sample / evaluation command
 SUMMARY = {
     'train': r'^Trained 3 steps in \d+:\d\d:\d\d; checkpoint \S+model\.ckpt-3; logs \S+$',
     'digits_train': r'^Wrote 4 samples to \S+\.npz and \S+\.png; .*recognisable digits',
-    'sample': rf'^Wrote {NUM} samples to \S+\.npz and \S+\.png',
+    'sample': rf'^Wrote {NUM} samples to \S+\.npz and \S+\.png \(\S+, \d+ network evaluations per sample\)',
     'evaluation': (rf'^FID [\d.]+ \(train\)(, [\d.]+ \(eval\))?, IS [\d.]+ of {NUM} samples of '
                    r'\S+ \(EMA weights, \S+\) in \S+; wrote \S+\.json and \S+\.png$'),
     'simple_eval': r'^bpd_train done in \d+ s; wrote \S+\.npz$',

@@ -400,7 +400,7 @@ def test_pipeline_unet_takes_numpy_images_and_timesteps():
 
 _ONE, _TWO = np.zeros([1, 16, 16, 3], np.float32), np.zeros([2, 16, 16, 3], np.float32)
 _IMAGES = r'images \[B, 16, 16, 3\] \(NHWC float\); got '
-_STEPS = r'timesteps t: an integer scalar or an int \[B\] vector \(or \[1\]\), '
+_STEPS = r'timesteps t: a number scalar or a float or int \[B\] vector \(or \[1\]\), '
 
 
 @pytest.mark.parametrize('x,t,message', [
@@ -413,14 +413,26 @@ _STEPS = r'timesteps t: an integer scalar or an int \[B\] vector \(or \[1\]\), '
     (np.full([1, 16, 16, 3], 'a'), [1], _IMAGES + r'dtype <U1'),
     (_TWO, [1, 2, 3], _STEPS + r"B = 2 \(the images' batch\); got shape \(3,\)"),
     (_TWO, np.zeros([2, 1], int), _STEPS + r'B = 2 .*; got shape \(2, 1\)'),
-    (_ONE, 1.5, _STEPS + r'B = 1 .*; got 1.5 \(not whole numbers\)'),
-    (_ONE, tf.constant([1.]), _STEPS + r'.*; got a tensor of dtype float32'),
+    (_ONE, tf.constant([True]), _STEPS + r'.*; got a tensor of dtype bool'),
+    (_ONE, float('nan'), _STEPS + r'.*; got nan \(not whole numbers\)'),
     (_ONE, ['1'], _STEPS + r'.*; got dtype <U1'),
     (_ONE, 2 ** 40, _STEPS + r'.*; got 1099511627776, outside \[-2147483648, 2147483647\]'),
 ])
 def test_wrong_inputs_say_what_was_expected(digits_net, x, t, message):
   with pytest.raises(ValueError, match=r'^UNet expects ' + message):
     digits_net(x, t)
+
+
+def test_float_timesteps(digits_net):
+  """diffusers' sigma-family schedulers evaluate the network at fractional timesteps: a float t
+  runs the continuous embedding there; a whole-valued float t gives the int t's output exactly."""
+  x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
+  at = lambda t: digits_net(x, t).numpy()
+  np.testing.assert_array_equal(at(tf.constant([3., 7.])), at(tf.constant([3, 7])))
+  np.testing.assert_array_equal(at(7.), at(7))
+  mid, lo, hi = at(np.array([3.5, 3.5])), at(3), at(4)
+  assert np.isfinite(mid).all() and not np.array_equal(mid, lo) and not np.array_equal(mid, hi)
+  np.testing.assert_array_equal(mid, at(tf.constant([3.5, 3.5])))
 
 
 def test_an_unbuilt_unet_asks_for_square_images():

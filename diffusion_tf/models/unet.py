@@ -267,9 +267,11 @@ class UNet(tf.Module):
   def __call__(self, x, t, training=False):
     """The network's output [B, S, S, out_ch] for images x [B, S, S, in_ch] at timesteps t.
 
-    x: a float tensor, or a NumPy array / list (converted to float32). t: integer timesteps,
-    a [B] (or [1]) tensor or array, or one scalar for the whole batch; NumPy / Python values
-    become int32 (whole-valued floats included). Wrong shapes or dtypes raise a ValueError
+    x: a float tensor, or a NumPy array / list (converted to float32). t: timesteps, a [B] (or
+    [1]) tensor or array, or one scalar for the whole batch; NumPy / Python integers and
+    whole-valued floats become int32, fractional ones float32 (a float tensor passes: the
+    sinusoidal embedding is continuous in t, and diffusers' sigma-family schedulers evaluate
+    the network between training timesteps). Wrong shapes or dtypes raise a ValueError
     that says what was expected.
     """
     x, t = self._inputs(x, t)
@@ -322,7 +324,7 @@ class UNet(tf.Module):
     # Height, width and channels must be known: they fix the variables and the Upsample shapes.
     if None in (h, w, c) or h != w or (res is not None and (h, c) != (res, in_ch)):
       raise ValueError(f'UNet expects images {expected}; got shape {inputs.shape_text(x.shape)}')
-    return x, inputs.timesteps(t, x, owner='UNet', allow_single=True)
+    return x, inputs.timesteps(t, x, owner='UNet', allow_single=True, allow_float=True)
 
 
 def num_params(net):
