@@ -264,7 +264,7 @@ def test_sample_command_with_a_solver_and_a_bad_order(tmp_path):
   proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
                '--sampler', 'sasolver', '--steps', '4', '--order', '4', '--out', out + '_sa'])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '(sasolver, 4 network evaluations each)' in proc.stdout.strip().splitlines()[-1]
+  assert '(sasolver, 4 network evaluations per sample)' in proc.stdout.strip().splitlines()[-1]
   proc = _run(['scripts/run_digits.py', 'sample', '--ckpt', prefix, '--num_samples', '3',
                '--sampler', 'unipc', '--order', '5', '--out', out + '_bad'])
   assert proc.returncode != 0 and '--order' in proc.stderr
