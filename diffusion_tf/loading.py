@@ -14,7 +14,6 @@ import tensorflow as tf
 from . import checkpoints, diffusers_format as fmt, integrity, recipes, script_models
 from .diffusion_base import get_beta_schedule
 from .diffusion_utils_2 import GaussianDiffusion2
-from .errors import FlagError
 from .models.unet import MODEL_CONFIGS, UNet
 from .tpu_utils import tpu_utils
 
@@ -196,8 +195,28 @@ def load_run_dir(run_dir, *, ema=True):
   return model.net, fmt.scheduler_config(model.diffusion)
 
 
-def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
-  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts."""
+def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None,
+                    dtype=None):
+  """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts.
+
+  ``dtype`` (None: the model's own, float32 unless a run trained in mixed precision): the
+  U-Net's compute dtype, see `with_dtype`.
+  """
+  net, scheduler_config = _load_pretrained(name_or_path, subfolder=subfolder, revision=revision,
+                                           ema=ema, resolution=resolution)
+  return with_dtype(net, dtype), scheduler_config
+
+
+def with_dtype(net, dtype):
+  """``net`` computing in ``dtype``: 'bfloat16', 'float16', 'float32' (or 'none', the
+  scripts' word for it), a tf or NumPy dtype; None leaves it as it is. The weights stay
+  float32 (each layer casts them) and the output is float32."""
+  if dtype is None:
+    return net
+  return net.set_compute_dtype('float32' if dtype == 'none' else dtype)
+
+
+def _load_pretrained(name_or_path, *, subfolder, revision, ema, resolution):
   path = str(name_or_path)
   if not os.path.exists(path) and not os.path.exists(path + '.index'):
     if path.count('/') != 1 or path.startswith(('.', '/')):
@@ -245,6 +264,8 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
                       mixed_precision=None):
   """(script model, its recipe or None, checkpoint prefix or source, step) from exactly one of a
   run directory, a checkpoint prefix or a pretrained model (a Hub id or a diffusers folder).
+  ``mixed_precision`` (--mixed_precision; None: the run's own) sets the network's compute
+  dtype whatever the source.
 
   A run directory brings its kwargs.json; a bare checkpoint (e.g. the authors'
   ``diffusion_cifar10_model/model.ckpt-790000``) uses a kwargs.json beside it if present, else
@@ -254,9 +275,7 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
     raise ValueError('pass exactly one of --model_dir (a training run), --ckpt (a checkpoint '
                      'prefix) or --pretrained (a Hub id or diffusers folder)')
   if pretrained:
-    if mixed_precision not in (None, 'none', 'float32'):
-      raise FlagError('--mixed_precision applies to --model_dir / --ckpt models only')
-    return pretrained_model(pretrained, ema=ema), None, pretrained, None
+    return pretrained_model(pretrained, ema=ema, dtype=mixed_precision), None, pretrained, None
   prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
   recipe = run_recipe(model_dir or os.path.dirname(prefix), recipe)
   if mixed_precision is not None:
