@@ -274,6 +274,8 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
   if sum(map(bool, (model_dir, ckpt, pretrained))) != 1:
     raise ValueError('pass exactly one of --model_dir (a training run), --ckpt (a checkpoint '
                      'prefix) or --pretrained (a Hub id or diffusers folder)')
+  if mixed_precision == 'auto':  # a training default: a run samples as it was trained
+    mixed_precision = None
   if pretrained:
     return pretrained_model(pretrained, ema=ema, dtype=mixed_precision), None, pretrained, None
   prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
