@@ -374,16 +374,32 @@ def resolve_source(name_or_path, *, subfolder=None, revision=None):
                           f'model_index.json), a run directory (kwargs.json) or TF1 checkpoints')
 
 
-def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None):
+def load_pretrained(name_or_path, *, subfolder=None, revision=None, ema=True, resolution=None,
+                    dtype=None):
   """(UNet, scheduler config dict) from any source `Pipeline.from_pretrained` accepts. Every
   source is checked before its network is built; what cannot load raises an
-  `errors.ModelFileError` (a ValueError) naming the file."""
+  `errors.ModelFileError` (a ValueError) naming the file.
+
+  ``dtype`` (None: the model's own, float32 unless a run trained in mixed precision): the
+  U-Net's compute dtype, see `with_dtype`.
+  """
   kind, path = resolve_source(name_or_path, subfolder=subfolder, revision=revision)
   if kind == 'diffusers':
-    return load_diffusers_folder(path)
-  if kind == 'run':
-    return load_run_dir(path, ema=ema)
-  return load_tf1_checkpoint(path, ema=ema, resolution=resolution)
+    net, config = load_diffusers_folder(path)
+  elif kind == 'run':
+    net, config = load_run_dir(path, ema=ema)
+  else:
+    net, config = load_tf1_checkpoint(path, ema=ema, resolution=resolution)
+  return with_dtype(net, dtype), config
+
+
+def with_dtype(net, dtype):
+  """``net`` computing in ``dtype``: 'bfloat16', 'float16', 'float32' (or 'none', the
+  scripts' word for it), a tf or NumPy dtype; None leaves it as it is. The weights stay
+  float32 (each layer casts them) and the output is float32."""
+  if dtype is None:
+    return net
+  return net.set_compute_dtype('float32' if dtype == 'none' else dtype)
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -501,6 +517,8 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
                       mixed_precision=None):
   """(script model, its recipe or None, checkpoint prefix or source, step) from exactly one of a
   run directory, a checkpoint prefix or a pretrained model (a Hub id or a diffusers folder).
+  ``mixed_precision`` (--mixed_precision; None: the run's own) sets the network's compute
+  dtype whatever the source.
 
   A run directory brings its kwargs.json; a bare checkpoint (e.g. the authors'
   ``diffusion_cifar10_model/model.ckpt-790000``) uses a kwargs.json beside it if present, else
@@ -509,10 +527,10 @@ def load_for_sampling(recipe, *, model_dir=None, ckpt=None, pretrained=None, ema
   if sum(map(bool, (model_dir, ckpt, pretrained))) != 1:
     raise ValueError('pass exactly one of --model_dir (a training run), --ckpt (a checkpoint '
                      'prefix) or --pretrained (a Hub id or diffusers folder)')
+  if mixed_precision == 'auto':  # a training default: a run samples as it was trained
+    mixed_precision = None
   if pretrained:
-    if mixed_precision not in (None, 'none', 'float32'):
-      raise FlagError('--mixed_precision applies to --model_dir / --ckpt models only')
-    return pretrained_model(pretrained, ema=ema), None, pretrained, None
+    return pretrained_model(pretrained, ema=ema, dtype=mixed_precision), None, pretrained, None
   prefix = integrity.checkpoint_to_read(model_dir or ckpt, '--model_dir' if model_dir else '--ckpt')
   recipe = run_recipe(model_dir or os.path.dirname(prefix), recipe)
   if mixed_precision is not None:

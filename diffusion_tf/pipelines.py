@@ -138,14 +138,21 @@ class Pipeline:
 
   @classmethod
   def from_pretrained(cls, name_or_path, *, subfolder=None, revision=None, ema=True,
-                      resolution=None, scheduler=None):
+                      resolution=None, scheduler=None, dtype=None):
     """Loads a Hub repo id, a diffusers folder, a run directory or a TF1 checkpoint prefix
     (``ema``: its EMA weights; ``resolution``: for a checkpoint whose U-Net is not an
     original configuration). ``scheduler``: another sampler, as for ``pipe.scheduler``.
     Damaged or inconsistent files raise `errors.ModelFileError` (a ValueError) naming the
-    file, before the network is built; `inspect_model` describes a model without loading it."""
+    file, before the network is built; `inspect_model` describes a model without loading it.
+
+    ``dtype`` (diffusers' ``torch_dtype``): 'bfloat16' (fast on CPUs with AMX or
+    AVX512_BF16), 'float16', 'float32' or a tf / NumPy dtype; None: the model's own (float32,
+    or the precision a run of ours trained in). Only the U-Net runs in it (its weights stay
+    float32, each layer casts them; its output is float32); the sampler's arithmetic stays
+    float32, on tables computed in float64, so a bf16 pipeline's images differ from float32's
+    by the network's rounding alone."""
     unet, scheduler_config = load_pretrained(name_or_path, subfolder=subfolder, revision=revision,
-                                             ema=ema, resolution=resolution)
+                                             ema=ema, resolution=resolution, dtype=dtype)
     return cls(unet, scheduler_config, scheduler=scheduler)
 
   @property
@@ -193,6 +200,11 @@ class Pipeline:
   # -- sampling
 
   @property
+  def dtype(self):
+    """The U-Net's compute dtype (tf.float32 unless mixed precision was asked for)."""
+    return self.unet.compute_dtype or tf.float32
+
+  @property
   def image_shape(self):
     return (self.unet.resolution, self.unet.resolution, self.unet.in_ch)
 
@@ -235,7 +247,7 @@ class Pipeline:
 
   def _loop(self, shape, settings, noise, noise_key):
     """The compiled loop x_T [shape] -> x_0 for these settings and noise source."""
-    key = (shape, settings, noise_key)
+    key = (shape, settings, noise_key, self.unet.compute_dtype)  # read when traced
     loop = self._loops.get(key)
     if loop is None:
       diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import interop, loading, recipes, sampling, script_models, startup, utils
+from . import integrity, interop, loading, recipes, sampling, script_models, startup, utils
 from .errors import FlagError
 from .loading import read_run_kwargs  # noqa: F401  (runners.read_run_kwargs, as before)
 from .tpu_utils import tpu_utils
@@ -70,6 +70,23 @@ def script_defaults(command):
 
 # ----------------------------------------------------------------------------- train
 
+def _auto_precision(model_dir, tpu_name):
+  """--mixed_precision auto: what the run in ``model_dir`` recorded if it is resumed (None for
+  runs before 'auto' existed), else 'bfloat16' on a CPU with native bf16 (`startup.native_bf16`),
+  else None (float32). Says so in one line when it is bf16."""
+  if integrity.checkpoint_prefixes(model_dir):
+    value = read_run_kwargs(model_dir, {'mixed_precision': None})['mixed_precision']
+    if value == 'bfloat16':
+      print('Mixed precision: bfloat16, as this run recorded')
+    return value
+  unit = startup.native_bf16()
+  if tpu_name or not unit or tf.config.list_physical_devices('GPU'):
+    return None
+  print(f'Mixed precision: bfloat16 (this CPU has {unit}; float32 weights, loss and EMA; '
+        f'--mixed_precision none trains in float32)')
+  return 'bfloat16'
+
+
 def train(recipe, flags):
   """Trains ``recipe`` with the ``train`` flags ``flags``; returns the `TrainState`.
 
@@ -84,6 +101,10 @@ def train(recipe, flags):
     if k in record:
       print(f'{k}: {record[k]}')
   recipe = recipe.with_flags(record, 'train')
+  if record.get('mixed_precision') == 'auto':
+    record['mixed_precision'] = _auto_precision(
+        model_dir_of(recipe.train.log_dir, recipe.experiment_name()), recipe.train.tpu_name)
+    recipe = recipe.with_flags(record, 'train')
   ds = dataset_of(recipe)
   ds.check_available()  # fail now, not after connecting to a TPU and building the model
   t = recipe.train

@@ -15,17 +15,21 @@ from .models.unet import MODEL_CONFIGS, UNet
 from .tpu_utils import tpu_utils
 
 
-MIXED_PRECISION = (None, 'none', 'float32', 'bfloat16', 'float16')
+# --mixed_precision. 'auto' (the digits training's default) is resolved when a run starts
+# (`runners.train`: bfloat16 on a CPU with native bf16, else float32); unresolved, as for a
+# bare checkpoint without kwargs.json, it is float32.
+MIXED_PRECISION = (None, 'none', 'float32', 'bfloat16', 'float16', 'auto')
+NO_MIXED_PRECISION = (None, 'none', 'float32', 'auto')
 
 
 def _build_unet(model_name, *, out_ch, dropout, image_shape, compute_dtype=None):
   if compute_dtype not in MIXED_PRECISION:
-    raise FlagError(f'--mixed_precision must be one of none, bfloat16, float16; got {compute_dtype!r}')
+    raise FlagError(f'--mixed_precision must be one of none, bfloat16, float16, auto; got {compute_dtype!r}')
   if model_name not in MODEL_CONFIGS:
     raise NotImplementedError(f'model_name={model_name!r}; expected one of {sorted(MODEL_CONFIGS)}')
   kwargs = dict(MODEL_CONFIGS[model_name], out_ch=out_ch, dropout=dropout, name='model',
                 in_ch=image_shape[2], resolution=image_shape[0])
-  if compute_dtype not in (None, 'none', 'float32'):
+  if compute_dtype not in NO_MIXED_PRECISION:
     kwargs['compute_dtype'] = compute_dtype
   return UNet(**kwargs)
 

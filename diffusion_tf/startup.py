@@ -85,7 +85,8 @@ def import_tensorflow_quietly():
     tf.config.list_physical_devices()  # where the GPU platform is initialised (cuInit)
 
 
-def _cpu_description():
+def _cpuinfo():
+  """(model name or None, instruction-set flags) from /proc/cpuinfo (None, set() without it)."""
   model, flags = None, set()
   try:
     with open('/proc/cpuinfo') as f:
@@ -98,6 +99,31 @@ def _cpu_description():
           flags = set(value.split())
   except OSError:
     pass
+  return model, flags
+
+
+# /proc/cpuinfo flags of bf16 arithmetic units, and the oneDNN ISA caps (ONEDNN_MAX_CPU_ISA)
+# that still let oneDNN use one: below them TF hands bf16 convolutions to a oneDNN with no
+# kernel for them.
+_BF16_UNITS = (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX512_BF16'))
+_BF16_CAPS = ('BF16', 'AMX', 'FP16', 'AVX10', 'ALL', 'DEFAULT')
+
+
+def native_bf16():
+  """'AMX' or 'AVX512_BF16' if this CPU computes bfloat16 natively and TF's oneDNN may use it
+  (not switched off by TF_ENABLE_ONEDNN_OPTS=0 nor capped below bf16 by ONEDNN_MAX_CPU_ISA),
+  else None. Elsewhere bf16 runs emulated, slower than float32."""
+  cap = os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper()
+  if os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').strip() in ('0', 'false', 'False'):
+    return None
+  if cap and not any(word in cap for word in _BF16_CAPS):
+    return None
+  flags = _cpuinfo()[1]
+  return next((name for flag, name in _BF16_UNITS if flag in flags), None)
+
+
+def _cpu_description():
+  model, flags = _cpuinfo()
   model = model or platform.processor() or platform.machine()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   isa = next((name for flag, name in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'), ('sve', 'SVE'),

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.lib.io import file_io
 
-from diffusion_tf import cli, errors, integrity, runners, validation
+from diffusion_tf import cli, errors, integrity, runners, startup, validation
 from diffusion_tf.tpu_utils import datasets
 
 from diffusion_tf.metrics import eval_worker, inception, reference_stats
@@ -208,8 +208,8 @@ def trained(tmp_path_factory):
   with open(os.path.join(model_dir, 'kwargs.json'), 'w') as f:
     json.dump(kw, f)
   assert _run('run_digits', [*TRAIN, '--log_dir', log_dir]) == 0
-  with open(os.path.join(model_dir, 'kwargs.json')) as f:
-    assert json.load(f)['mixed_precision'] is None
+  with open(os.path.join(model_dir, 'kwargs.json')) as f:  # the digits default, resolved
+    assert json.load(f)['mixed_precision'] == ('bfloat16' if startup.native_bf16() else None)
   assert [f for f in os.listdir(model_dir) if f.startswith('kwargs.json.') and f.endswith('.bak')]
   return log_dir
 
@@ -448,3 +448,48 @@ def test_truncated_reference_stats_are_set_aside_and_recomputed(tmp_path):
   np.testing.assert_array_equal(again['mu'], stats['mu'])
   assert reference_stats.load_stats(path)['count'] == 12
   assert len([f for f in os.listdir(tmp_path) if '.damaged-' in f]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('unit', ['AMX', None])
+def test_digits_training_chooses_bf16_on_a_native_bf16_cpu_and_a_resume_keeps_it(
+    tmp_path, monkeypatch, capsys, unit):
+  """--mixed_precision auto (the digits default): bfloat16 where the CPU has a bf16 unit,
+  float32 elsewhere, recorded in kwargs.json; a resume keeps the record whatever this CPU
+  has, and --mixed_precision overrides it for a new run."""
+  log_dir = tmp_path / 'logs'
+  monkeypatch.setattr(startup, 'native_bf16', lambda: unit)
+  assert _run('run_digits', [*TRAIN, '--max_steps', 1, '--log_dir', log_dir]) == 0
+  chosen = 'bfloat16' if unit else None
+  kwargs_path = os.path.join(_model_dir(log_dir), 'kwargs.json')
+  with open(kwargs_path) as f:
+    assert json.load(f)['mixed_precision'] == chosen
+  said = 'Mixed precision: bfloat16 (this CPU has AMX' in capsys.readouterr().out
+  assert said == bool(unit)
+  monkeypatch.setattr(startup, 'native_bf16', lambda: 'AMX' if not unit else None)  # another CPU
+  assert _run('run_digits', [*TRAIN, '--log_dir', log_dir]) == 0  # resumes to step 2
+  assert tf.train.latest_checkpoint(_model_dir(log_dir)).endswith('model.ckpt-2')
+  with open(kwargs_path) as f:
+    assert json.load(f)['mixed_precision'] == chosen
+  other = tmp_path / 'other'
+  assert _run('run_digits', [*TRAIN, '--max_steps', 1, '--log_dir', other,
+                             '--mixed_precision', 'none']) == 0
+  with open(os.path.join(_model_dir(other), 'kwargs.json')) as f:
+    assert json.load(f)['mixed_precision'] == 'none'
+
+
+def test_auto_precision_of_a_new_run_and_of_a_resumed_one(tmp_path, monkeypatch):
+  """A new run: bf16 on a CPU with a bf16 unit (not on a TPU); a run with a checkpoint: its
+  record, and float32 for one recorded before --mixed_precision existed."""
+  run = str(tmp_path / 'run')
+  for unit, tpu, chosen in (('AMX', None, 'bfloat16'), (None, None, None), ('AMX', 'tpu', None)):
+    monkeypatch.setattr(startup, 'native_bf16', lambda: unit)
+    assert runners._auto_precision(run, tpu) == chosen
+  os.makedirs(run)
+  open(os.path.join(run, 'model.ckpt-5.index'), 'w').close()
+  for record, unit, kept in (({'mixed_precision': None}, 'AMX', None), ({}, 'AMX', None),
+                             ({'mixed_precision': 'bfloat16'}, None, 'bfloat16')):
+    with open(os.path.join(run, 'kwargs.json'), 'w') as f:
+      json.dump(record, f)
+    monkeypatch.setattr(startup, 'native_bf16', lambda: unit)
+    assert runners._auto_precision(run, None) == kept

@@ -297,3 +297,54 @@ def test_stochastic_solver_by_name_saves_and_seeds_like_the_scripts(tmp_path):
   got = pipe(batch_size=2, num_inference_steps=5, seed=sampling.batch_seed(5, 0), output_type='np',
              progress=False).images
   np.testing.assert_allclose(got, np.clip(cli / 2 + .5, 0., 1.), rtol=0, atol=2e-6)
+def _bf16_ops(concrete):
+  """Op types computing in bfloat16 anywhere in a compiled loop (its while body included)."""
+  graph = concrete.graph.as_graph_def()
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  return {n.op for n in nodes if n.attr['T'].type == tf.bfloat16.as_datatype_enum}
+
+
+def test_dtype_runs_the_unet_in_bfloat16_and_the_sampler_in_float32():
+  ref = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'])
+  low = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'], dtype='bfloat16')
+  assert (ref.dtype, low.dtype) == (tf.float32, tf.bfloat16)
+  assert {v.dtype for v in low.unet.trainable_variables} == {tf.float32}
+  a = ref(num_inference_steps=4, seed=0, output_type='np', progress=False).images
+  b = low(num_inference_steps=4, seed=0, output_type='np', progress=False).images
+  assert b.dtype == np.float32 and np.isfinite(b).all()
+  assert 0 < np.abs(a - b).max() < 0.05  # bf16's rounding (~1e-2 relative) and no more
+  (loop,) = low._loops.values()
+  assert {'Conv2D', 'MatMul'} & _bf16_ops(loop)  # the network's work is bf16 ...
+  assert loop.structured_outputs.dtype == tf.float32  # ... the sampler's state float32
+  assert not _bf16_ops(next(iter(ref._loops.values())))
+
+
+def test_dtype_float32_and_changing_it_later():
+  ref = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'])
+  pipe = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'], dtype='float32')
+  assert pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'], dtype=tf.bfloat16).dtype == tf.bfloat16
+  run = lambda p: p(num_inference_steps=4, seed=0, output_type='np', progress=False).images
+  np.testing.assert_array_equal(run(pipe), run(ref))
+  pipe.unet.set_compute_dtype(np.float16)  # the next call traces a loop for the new dtype
+  assert pipe.dtype == tf.float16 and np.abs(run(pipe) - run(ref)).max() > 0
+  with pytest.raises(ValueError, match='compute_dtype must be one of'):
+    pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'], dtype='int8')
+
+
+def test_mixed_precision_overrides_a_runs_own(run_dir, monkeypatch):
+  d, _ = run_dir
+  with open(os.path.join(d, 'kwargs.json'), 'w') as f:
+    json.dump(dict(KW, mixed_precision='bfloat16'), f)
+  assert pipelines.DDPMPipeline.from_pretrained(d).dtype == tf.bfloat16  # as trained
+  assert pipelines.DDPMPipeline.from_pretrained(d, dtype='float32').dtype == tf.float32
+
+
+@pytest.mark.slow
+def test_sample_command_with_pretrained_in_bfloat16(tmp_path):
+  from scripts import run_cifar
+  kw = dict(pretrained=FOLDERS['google'], num_samples=2, batch_size=2, sampler='ddim', steps=4)
+  run_cifar.sample(out=str(tmp_path / 'fp32'), **kw)
+  run_cifar.sample(out=str(tmp_path / 'bf16'), mixed_precision='bfloat16', **kw)
+  a, b = (np.load(str(tmp_path / f'{n}.npz'))['samples'].astype(int) for n in ('fp32', 'bf16'))
+  # bf16's rounding moves a few pixels of this random fixture net's images by up to ~16 levels.
+  assert 0 < np.abs(a - b).mean() < 2

@@ -77,3 +77,20 @@ def test_device_line_printed_once(capsys, monkeypatch):
   if not tf.config.list_physical_devices('GPU'):
     cores = len(os.sched_getaffinity(0))
     assert line.startswith('CPU (') and f'{cores} cores' in line
+
+
+@pytest.mark.parametrize('flags,env,unit', [
+    ({'avx2', 'avx512f', 'avx512_bf16'}, {}, 'AVX512_BF16'),  # AMD Zen 4/5
+    ({'avx512_bf16', 'amx_bf16', 'amx_tile'}, {}, 'AMX'),    # Intel Sapphire Rapids and later
+    ({'avx2', 'avx512f'}, {}, None),                          # no bf16 unit: emulated, slower
+    ({'avx512_bf16'}, {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, None),  # oneDNN capped below bf16
+    ({'avx512_bf16'}, {'ONEDNN_MAX_CPU_ISA': 'avx512_core_bf16'}, 'AVX512_BF16'),
+    ({'amx_bf16'}, {'TF_ENABLE_ONEDNN_OPTS': '0'}, None),     # Eigen's bf16 instead of oneDNN's
+])
+def test_native_bf16_is_a_bf16_unit_that_onednn_may_use(monkeypatch, flags, env, unit):
+  monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+  monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(startup, '_cpuinfo', lambda: ('a CPU', set(flags)))
+  assert startup.native_bf16() == unit

@@ -148,8 +148,12 @@ COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 
 
 def _compute_dtype(compute_dtype):
-  if isinstance(compute_dtype, tf.dtypes.DType):
-    compute_dtype = compute_dtype.name
+  """A tf dtype (or None) from a name, a tf.DType or a NumPy dtype in `COMPUTE_DTYPES`."""
+  if compute_dtype is not None and not isinstance(compute_dtype, str):
+    try:
+      compute_dtype = tf.as_dtype(compute_dtype).name
+    except TypeError:
+      pass  # refused below, with the accepted names
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
   return None if compute_dtype is None else tf.as_dtype(compute_dtype)
@@ -184,7 +188,7 @@ class UNet(tf.Module):
                downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_num_groups=32,
                norm_eps=1e-6):
     super().__init__(name=name.replace('/', '_'))
-    self.compute_dtype = _compute_dtype(compute_dtype)
+    self.set_compute_dtype(compute_dtype)
     self.ch, self.out_ch, self.ch_mult = ch, out_ch, tuple(ch_mult)
     self.block_out_channels = tuple(block_out_channels or (ch * m for m in ch_mult))
     if block_out_channels is not None:
@@ -202,6 +206,13 @@ class UNet(tf.Module):
     self.in_ch, self.resolution = None, None
     if resolution is not None:
       self.build(in_ch or 3, resolution)
+
+  def set_compute_dtype(self, compute_dtype):
+    """Runs the network in ``compute_dtype`` from the next call (or trace) on: a name of
+    `COMPUTE_DTYPES`, a tf.DType or a NumPy dtype (see the class docstring). The variables
+    are untouched (float32). Returns the network."""
+    self.compute_dtype = _compute_dtype(compute_dtype)
+    return self
 
   def build(self, in_ch, resolution):
     """Creates every variable for inputs of shape [B, resolution, resolution, in_ch]."""

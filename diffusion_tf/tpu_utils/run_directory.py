@@ -31,9 +31,9 @@ RESUME_SAFE_KWARGS = frozenset({
 
 
 # Options added after runs had been recorded, with the behaviour a kwargs.json written before
-# them had (a script default may differ: run_digits now defaults to channels=1 and a linear
-# learning-rate schedule).
-RECORDED_BEFORE_OPTION_EXISTED = {'channels': 3, 'lr_schedule': 'constant'}
+# them had (a script default may differ: run_digits now defaults to channels=1, a linear
+# learning-rate schedule and mixed_precision='auto').
+RECORDED_BEFORE_OPTION_EXISTED = {'channels': 3, 'lr_schedule': 'constant', 'mixed_precision': None}
 
 
 def with_older_defaults(recorded, keys):
