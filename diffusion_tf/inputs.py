@@ -81,7 +81,7 @@ def _host_timesteps(t, fail, num_timesteps):
   return arr.astype(np.int32)
 
 
-def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
+def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False, allow_float=False):
   """``t`` as an integer [B] tensor for ``images`` [B, ...].
 
   A tensor must have an integer dtype (a float tensor's values are unknown while tracing, so a
@@ -89,6 +89,7 @@ def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
   is filled to [B]. NumPy / Python values are checked on the host (see `_host_timesteps`),
   become int32, and a scalar is repeated B times. ``allow_single``: a length-1 vector also
   passes, for a caller that broadcasts it over the batch (the UNet's embedding add does).
+  ``allow_float``: a float tensor passes too (a network whose embedding takes real t).
   """
   batch = images.shape.as_list()[0] if images.shape.rank else None
 
@@ -99,7 +100,7 @@ def timesteps(t, images, *, owner, num_timesteps=None, allow_single=False):
                       f'{b} (the images\' batch); got {got}')
 
   if tf.is_tensor(t):
-    if not t.dtype.is_integer:
+    if not (t.dtype.is_integer or (allow_float and t.dtype.is_floating)):
       raise fail(f'a tensor of dtype {t.dtype.name}')
   else:
     t = _host_timesteps(t, fail, num_timesteps)

@@ -322,7 +322,8 @@ class UNet(tf.Module):
     # Height, width and channels must be known: they fix the variables and the Upsample shapes.
     if None in (h, w, c) or h != w or (res is not None and (h, c) != (res, in_ch)):
       raise ValueError(f'UNet expects images {expected}; got shape {inputs.shape_text(x.shape)}')
-    return x, inputs.timesteps(t, x, owner='UNet', allow_single=True)
+    return x, inputs.timesteps(t, x, owner='UNet', allow_single=True,
+                               allow_float=nn.float_timesteps_allowed())
 
 
 def num_params(net):

@@ -2,6 +2,7 @@
 fixedlarge sampling variance, MSE loss), batch 128, lr 2e-4 with 5000 warmup steps."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 
 CIFAR10 = Recipe(
@@ -27,8 +28,10 @@ CIFAR10 = Recipe(
         'simple_eval': 'model_dir tpu_name bucket_name_prefix mode load_ckpt total_bs '
                        'tfds_data_dir | max_batches region',
         'sample': SAMPLE_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
+        'export': EXPORT_COMMAND_HELP,
         'train': 'Trains the CIFAR-10 model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',

@@ -5,6 +5,7 @@ flips off (digits are not mirror-symmetric); a faster EMA than the paper's 0.999
 is short; a learning rate annealed to 0."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Sampling, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import SAMPLE_FLAGS, SAMPLE_HELP, SAMPLER_FLAGS, SAMPLER_HELP, STATS_HELP, EXPORT_HELP
 
 DIGITS = Recipe(
@@ -31,8 +32,10 @@ DIGITS = Recipe(
                       + ' features inception_graph seed stats_cache_dir ref_stats export_npz '
                       'export_png_dir pretrained',
         'sample': SAMPLE_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
+        'export': EXPORT_COMMAND_HELP,
         'train': """Trains the digits model (flips off: digits are not mirror-symmetric; a faster EMA
 than the paper's 0.9999 because the run is short), then samples a grid with EMA weights.
 The default recipe, unet_digits_lite (16 channels at 16x16) at batch 64 for 2,500 steps, has
