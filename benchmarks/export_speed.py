@@ -63,13 +63,19 @@ def runners(model, settings, folders):
     d = folders[label][0]
     den = Interpreter(model_path=os.path.join(d, 'denoiser.tflite')).get_signature_runner()
     samp = Interpreter(model_path=os.path.join(d, 'sampler.tflite')).get_signature_runner()
-    out[label] = (lambda den=den: den(x=x, t=t), lambda samp=samp: samp(x_T=x, noise=noise))
+    feeds = dict(x_T=x, noise=noise) if settings_draw_noise(folders[label][0]) else dict(x_T=x)
+    out[label] = (lambda den=den: den(x=x, t=t), lambda samp=samp, feeds=feeds: samp(**feeds))
   d = folders['onnx'][0]
   den = ort.InferenceSession(os.path.join(d, 'denoiser.onnx'))
   samp = ort.InferenceSession(os.path.join(d, 'sampler.onnx'))
   feeds = {i.name: (x if i.name == 'x_T' else noise) for i in samp.get_inputs()}
   out['onnxruntime'] = (lambda: den.run(None, {'x': x, 't': t}), lambda: samp.run(None, feeds))
   return out
+
+
+def settings_draw_noise(folder):
+  with open(os.path.join(folder, export.CONFIG_ASSET)) as f:
+    return 'noise' in json.load(f)['sampler_inputs']
 
 
 def time_rounds(fns, rounds, reps):

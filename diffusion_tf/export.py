@@ -290,10 +290,11 @@ def write_tflite(model, description, folder, quantize='none'):
     denoiser = _signature_function(lambda x, t: module._denoise(x, t), [
         tf.TensorSpec([None, *module.image_shape], tf.float32, name='x'),
         tf.TensorSpec([None], tf.float32, name='t')])
-    sampler = _signature_function(*module.sampler_with_noise_inputs(TFLITE_BATCH))
+    fn, specs = module.sampler_with_noise_inputs(TFLITE_BATCH)
+    sampler = _signature_function(fn, specs)
     check_stock_ops({'denoiser': denoiser, 'sampler': sampler})
-    return denoiser, sampler
-  denoiser, sampler = _traced(trace)
+    return denoiser, sampler, specs
+  denoiser, sampler, sampler_specs = _traced(trace)
   weights = tf.Module()
   weights.net = model.net  # only the variables: the Exported's own functions are not wanted here
   files = _traced(lambda: {
@@ -304,7 +305,7 @@ def write_tflite(model, description, folder, quantize='none'):
       f.write(data)
   _write_json(os.path.join(folder, CONFIG_ASSET), description.as_json(
       model.diffusion, format='tflite', quantize=quantize, sampler_batch=TFLITE_BATCH,
-      sampler_inputs=[s.name for s in sampler.structured_input_signature[0]], channels=C))
+      sampler_inputs=[s.name for s in sampler_specs], channels=C))
   return folder
 
 
