@@ -24,6 +24,10 @@ setup(
         'huggingface_hub>=0.20',  # Hub models (pipelines.from_pretrained)
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2'],
+        # docs/deployment.md: --format onnx converts with tf2onnx; the tests run the LiteRT
+        # and ONNX files with these runtimes (they skip, saying so, without them).
+        'export': ['tf2onnx>=1.16', 'onnxruntime>=1.17', 'ai-edge-litert>=1.0'],
+        'test': ['pytest>=7', 'pytest-timeout>=2', 'tf2onnx>=1.16', 'onnxruntime>=1.17',
+                 'ai-edge-litert>=1.0'],
     },
 )

@@ -5,6 +5,7 @@ Timestep indices are 0-based: index ``t`` is the paper's step ``t + 1``.
 """
 
 import functools
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -217,10 +218,29 @@ def _loop_cache(static_args):
   return holder.loops
 
 
+_LOOP = threading.local()
+
+
+def current_step():
+  """The index ``i`` (int32 scalar tensor) of the `timestep_loop` whose body is being traced
+  now, or None outside one: a noise function can key per-step noise on it (the exported
+  samplers draw stateless noise from (seed, step))."""
+  return getattr(_LOOP, 'step', None)
+
+
+def _traced_body(body, i, loop_vars):
+  previous, _LOOP.step = current_step(), i
+  try:
+    return tuple(body(i, *loop_vars))
+  finally:
+    _LOOP.step = previous
+
+
 def timestep_loop(num_steps, body, loop_vars):
   """``for i in reversed(range(num_steps)): loop_vars = body(i, *loop_vars)`` as a while loop.
 
-  ``i`` is an int32 scalar tensor counting down to 0. Outputs carry no gradient.
+  ``i`` is an int32 scalar tensor counting down to 0 (`current_step` while ``body`` is
+  traced). Outputs carry no gradient.
   """
   i0 = tf.constant(num_steps - 1, dtype=tf.int32)
   # parallel_iterations=1: iterations that do not depend on each other (calc_bpd_loop) would
@@ -230,6 +250,6 @@ def timestep_loop(num_steps, body, loop_vars):
   out = tf.while_loop(
       cond=lambda i, *_: tf.greater_equal(i, 0),
       parallel_iterations=1,
-      body=lambda i, *vs: (i - 1,) + tuple(body(i, *vs)),
+      body=lambda i, *vs: (i - 1,) + _traced_body(body, i, vs),
       loop_vars=(i0,) + tuple(loop_vars))
   return tuple(tf.stop_gradient(v) if isinstance(v, tf.Tensor) else v for v in out[1:])

@@ -364,6 +364,19 @@ def fused_kernels(enabled):
     yield
 
 
+@contextlib.contextmanager
+def float_timesteps(enabled):
+  """Whether UNets called or traced inside take float timestep tensors (the embedding is
+  defined for any real t; the exported ``denoise`` signature takes float t). Off by default:
+  a float tensor's values are unknown while tracing, so a fractional step could not be caught."""
+  with _setting('float_timesteps', bool(enabled)):
+    yield
+
+
+def float_timesteps_allowed():
+  return bool(getattr(_SETTINGS, 'float_timesteps', None))
+
+
 def fused_kernels_lib():
   """The fused CPU kernels (`diffusion_tf.ops.fused_lib`) if they apply here, else None."""
   if getattr(_SETTINGS, 'fused_kernels', None) is False:

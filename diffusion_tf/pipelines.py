@@ -293,6 +293,30 @@ class Pipeline:
     """Network evaluations of a call with ``num_inference_steps=steps``."""
     return self.scheduler.settings.with_steps(steps).num_evaluations
 
+  def export(self, out, *, format='saved_model', scheduler=None, num_inference_steps=None,
+             quantize='none', overwrite=False, **options):
+    """Writes the U-Net and the sampler (this pipeline's scheduler, or ``scheduler`` as for
+    ``pipe.scheduler``; ``num_inference_steps`` and ``eta`` as for a call) as a SavedModel,
+    LiteRT or ONNX folder ``out`` that runs without diffusion_tf (see `export`, and
+    docs/deployment.md). Returns ``out``."""
+    from . import export as exporting
+    exporting.check_request(format, quantize, out, overwrite)
+    pipe = self if scheduler is None else type(self)(self.unet, self._raw_scheduler_config,
+                                                     scheduler=scheduler)
+    settings = pipe._settings(num_inference_steps, dict(options))
+    model = _PipelineModel(pipe.unet, pipe.diffusion, pipe.image_shape, pipe._denoise)
+    return exporting.export(model, settings, out, format=format, quantize=quantize,
+                            overwrite=overwrite, source=pipe.pipeline_class)[0]
+
+
+@dataclasses.dataclass
+class _PipelineModel:
+  """A pipeline's parts as `export` takes a model."""
+  net: object
+  diffusion: object
+  image_shape: tuple
+  denoise: object
+
 
 def _output(x, output_type):
   """Images in [0, 1] from samples x [N, H, W, C] in [-1, 1]: float32 or PIL."""

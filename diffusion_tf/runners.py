@@ -360,5 +360,30 @@ def simple_eval(recipe, flags):
              max_batches=flags['max_batches'], num_samples=50000, seed=0)
 
 
+# ----------------------------------------------------------------------------- export
+
+def export(recipe, flags):
+  """The ``export`` command: a model (as for ``sample``) and the sampler of the sampler flags
+  as a SavedModel, LiteRT or ONNX folder ``--out`` (`export`), then one summary line. The
+  format, quantization and output are checked before the model is loaded."""
+  from . import export as exporting
+  exporting.check_request(flags['format'], flags['quantize'], flags['out'], flags['overwrite'])
+  model, run, prefix, step = loading.load_for_sampling(
+      recipe, model_dir=flags['model_dir'], ckpt=flags['ckpt'], pretrained=flags['pretrained'],
+      ema=flags['ema'], mixed_precision=None if flags['pretrained'] else 'float32')
+  chosen = sampler_flags(flags)
+  settings = sampling.SamplerSettings.resolve(chosen.pop('sampler'), model.diffusion.num_timesteps,
+                                              **chosen)
+  print(f'Loaded {"EMA" if flags["ema"] else "raw"} weights from {prefix}'
+        + (f' (step {step})' if step is not None else '') + f'; exporting {settings.describe()}',
+        flush=True)
+  out, size = exporting.export(
+      model, settings, flags['out'], format=flags['format'], quantize=flags['quantize'],
+      overwrite=flags['overwrite'], source=prefix, recipe=run)
+  quantized = f', {flags["quantize"]} weights' if flags['quantize'] != 'none' else ''
+  print(f'Exported {settings.describe()} as {flags["format"]}{quantized} to {out} '
+        f'({exporting.human_size(size)})')
+
+
 COMMANDS = {'train': train_command, 'sample': sample, 'evaluation': evaluation,
-            'simple_eval': simple_eval, 'inspect': inspect_command}
+            'simple_eval': simple_eval, 'inspect': inspect_command, 'export': export}

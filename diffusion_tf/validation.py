@@ -142,6 +142,7 @@ RULES = {
     'ema': boolean, 'overwrite': boolean, 'once': boolean, 'dump_samples_only': boolean,
     'num_inception_samples': integer(2), 'mode': one_of(defined_in('tpu_utils.simple_eval_worker', 'MODES')),
     'max_batches': integer(1, optional=True), 'features': one_of(defined_in('runners', 'FEATURES')),
+    'format': one_of(defined_in('export', 'FORMATS')), 'quantize': one_of(defined_in('export', 'QUANTIZATIONS')),
     'order': integer(1, optional=True),  # which orders a sampler takes: _order_and_spacing_fit_the_sampler
 }
 

@@ -15,8 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusion_tf import cli  # noqa: E402
 from diffusion_tf.recipes import CELEBAHQ  # noqa: E402  (the numbers: diffusion_tf/recipes/celebahq.py)
 
-train, sample, evaluation, inspect = cli.script_commands(
-    CELEBAHQ, 'train', 'sample', 'evaluation', 'inspect')
+train, sample, evaluation, inspect, export = cli.script_commands(
+    CELEBAHQ, 'train', 'sample', 'evaluation', 'inspect', 'export')
 
 if __name__ == '__main__':
-  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'inspect': inspect})
+  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'inspect': inspect,
+            'export': export})

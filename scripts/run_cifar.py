@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusion_tf import cli  # noqa: E402
 from diffusion_tf.recipes import CIFAR10  # noqa: E402  (the numbers: diffusion_tf/recipes/cifar10.py)
 
-train, sample, evaluation, simple_eval, inspect = cli.script_commands(
-    CIFAR10, 'train', 'sample', 'evaluation', 'simple_eval', 'inspect')
+train, sample, evaluation, simple_eval, inspect, export = cli.script_commands(
+    CIFAR10, 'train', 'sample', 'evaluation', 'simple_eval', 'inspect', 'export')
 
 if __name__ == '__main__':
   cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'simple_eval': simple_eval,
-            'inspect': inspect})
+            'inspect': inspect, 'export': export})

@@ -25,7 +25,7 @@ from diffusion_tf.metrics import eval_worker, inception, reference_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ('run_digits', 'run_cifar', 'run_celebahq', 'run_lsun')
-COMMANDS = ('train', 'sample', 'evaluation', 'simple_eval')
+COMMANDS = ('train', 'sample', 'evaluation', 'simple_eval', 'export')
 
 
 def _commands(script):
@@ -109,6 +109,8 @@ BAD_FLAGS = (
     + [(script, 'evaluation', flag, value) for script in SCRIPTS for flag, value in _EVALUATION]
     + [('run_cifar', 'simple_eval', flag, value) for flag, value in (
         ('--mode', 'fid'), ('--total_bs', '0'), ('--max_batches', '0'))]
+    + [(script, 'export', flag, value) for script in SCRIPTS for flag, value in (
+        ('--format', 'coreml'), ('--quantize', 'int4'), ('--sampler', 'euler'))]
 )
 
 

@@ -2,6 +2,7 @@
 (channel multipliers 1, 1, 2, 2, 4, 4), batch 64, lr 2e-5. Needs a manual TFDS download."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 from .texts import INSPECT_FLAGS, INSPECT_HELP
 
@@ -25,9 +26,11 @@ CELEBAHQ = Recipe(
                       + EVALUATION_TAIL,
         'sample': SAMPLE_FLAGS,
         'inspect': INSPECT_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
         'inspect': INSPECT_HELP,
+        'export': EXPORT_COMMAND_HELP,
         'train': 'Trains the CelebA-HQ model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',

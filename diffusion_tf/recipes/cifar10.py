@@ -2,6 +2,7 @@
 fixedlarge sampling variance, MSE loss), batch 128, lr 2e-4 with 5000 warmup steps."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 from .texts import INSPECT_FLAGS, INSPECT_HELP
 
@@ -29,9 +30,11 @@ CIFAR10 = Recipe(
                        'tfds_data_dir | max_batches region',
         'sample': SAMPLE_FLAGS,
         'inspect': INSPECT_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
         'inspect': INSPECT_HELP,
+        'export': EXPORT_COMMAND_HELP,
         'train': 'Trains the CIFAR-10 model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',

@@ -5,6 +5,7 @@ flips off (digits are not mirror-symmetric); a faster EMA than the paper's 0.999
 is short; a learning rate annealed to 0."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Sampling, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import SAMPLE_FLAGS, SAMPLE_HELP, SAMPLER_FLAGS, SAMPLER_HELP, STATS_HELP, EXPORT_HELP
 from .texts import INSPECT_FLAGS, INSPECT_HELP
 
@@ -33,9 +34,11 @@ DIGITS = Recipe(
                       'export_png_dir pretrained',
         'sample': SAMPLE_FLAGS,
         'inspect': INSPECT_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
         'inspect': INSPECT_HELP,
+        'export': EXPORT_COMMAND_HELP,
         'train': """Trains the digits model (flips off: digits are not mirror-symmetric; a faster EMA
 than the paper's 0.9999 because the run is short), then samples a grid with EMA weights.
 The default recipe, unet_digits_lite (16 channels at 16x16) at batch 64 for 2,500 steps, has

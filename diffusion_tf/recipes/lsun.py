@@ -4,6 +4,7 @@ recipe (v1 diffusion, the 256x256 U-Net, batch 64, lr 2e-5); cat without random 
 directory of training's."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
+from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 from .texts import INSPECT_FLAGS, INSPECT_HELP
 
@@ -29,9 +30,11 @@ LSUN = Recipe(
                       + EVALUATION_TAIL,
         'sample': SAMPLE_FLAGS,
         'inspect': INSPECT_FLAGS,
+        'export': EXPORT_FLAGS,
     },
     docs={
         'inspect': INSPECT_HELP,
+        'export': EXPORT_COMMAND_HELP,
         'train': 'Trains an LSUN model; re-running the same command resumes the run.',
         'evaluation': 'FID / Inception Score of the EMA weights: 2048 samples against the first '
                       '234 shuffled batches (29952 images) of --tfr_file ("for memory reasons", '

@@ -110,6 +110,7 @@ COMMON_DEFAULTS = {
     'overwrite': False, 'mixed_precision': None, 'export_npz': None, 'export_png_dir': None,
     'once': False, 'dump_samples_only': False, 'samples_dir': None, 'inception_graph': None,
     'stats_cache_dir': None, 'ref_stats': None, 'mode': 'bpd_eval', 'max_batches': None,
+    'format': 'saved_model', 'quantize': 'none',
 }
 
 # Flags that have no default: the run an evaluation reads.
@@ -120,6 +121,7 @@ SECTIONS_OF_COMMAND = {
     'train': ('data', 'model', 'diffusion', 'train'),
     'sample': ('sampling',),
     'inspect': ('sampling',),
+    'export': ('sampling',),
     'evaluation': ('evaluation', 'sampling'),
     'simple_eval': ('evaluation',),
 }

@@ -8,6 +8,7 @@ EVALUATION_TAIL = (SAMPLER_FLAGS + ' inception_graph seed stats_cache_dir ref_st
 SAMPLE_FLAGS = ('model_dir ckpt num_samples batch_size ' + SAMPLER_FLAGS + ' seed ema out '
                 'overwrite mixed_precision export_npz export_png_dir pretrained')
 INSPECT_FLAGS = 'model_dir ckpt pretrained ema'
+EXPORT_FLAGS = 'model_dir ckpt | pretrained ' + SAMPLER_FLAGS + ' format quantize out overwrite ema'
 
 SAMPLER_HELP = ('--sampler/--steps/--eta/--spacing/--order pick a faster sampler (results then '
                 'go to eval_<sampler><steps>... instead of eval)')
@@ -29,3 +30,11 @@ INSPECT_HELP = ('Prints what --model_dir (a run), --ckpt (a checkpoint prefix) o
                 'id, a diffusers folder) holds: the model class, its configuration, parameter '
                 'count, bytes, dtypes and scheduler, from the configs and file headers alone '
                 '(nothing is built); or why it cannot be loaded.')
+EXPORT_COMMAND_HELP = (
+    'Exports a run (--model_dir), a checkpoint (--ckpt) or a pretrained model (--pretrained) with '
+    'the sampler (--sampler/--steps/--eta/--spacing/--order baked in, EMA weights unless --noema) '
+    'to the folder --out, which runs without diffusion_tf (see docs/deployment.md).\n'
+    '--format saved_model (default): serving_default(seed) -> uint8 images, from_noise(x_T, seed), '
+    'denoise(x, t); tflite: denoiser.tflite and sampler.tflite (--quantize none, fp16 or dynamic: '
+    'the denoiser\'s weights); onnx: denoiser.onnx and sampler.onnx (pip install -e \'.[export]\').\n'
+    '--overwrite replaces an existing --out.')
