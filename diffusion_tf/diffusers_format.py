@@ -497,6 +497,7 @@ SCHEDULER_DEFAULTS.update({
                               **{k: v for k, v in _NO_FINAL.items() if k != 'solver_order'},
                               predictor_order=2, corrector_order=2, tau_func=None,
                               algorithm_type='data_prediction'),
+})
 # The sigma-family schedulers (`sigma_samplers`): 'linspace' placement, their sigma options.
 _SIGMA = dict(_COMMON, timestep_spacing='linspace')
 _SIGMA_OPTIONS = {'use_karras_sigmas': False, 'use_exponential_sigmas': False, 'use_beta_sigmas': False}
