@@ -24,6 +24,7 @@ setup(
         'huggingface_hub>=0.20',  # Hub models (pipelines.from_pretrained)
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2'],
+        'hf': ['datasets>=2.14'],  # --dataset hf: data sets of the `datasets` library
+        'test': ['pytest>=7', 'pytest-timeout>=2', 'datasets>=2.14'],
     },
 )

@@ -85,6 +85,11 @@ def text(name, value, arguments):
     raise FlagError(f'{_flag(name)} must be a non-empty name; got {value!r}')
 
 
+def text_or_none(name, value, arguments):
+  if value is not None:
+    text(name, value, arguments)
+
+
 # ----------------------------------------------------------------------------- allowed sets
 
 def defined_in(module, *names):
@@ -118,7 +123,9 @@ RULES = {
     'warm_start_model_dir': path, 'model_dir': path, 'ckpt': path, 'out': path,
     'load_ckpt': path, 'samples_dir': path, 'inception_graph': path, 'stats_cache_dir': path,
     'pretrained': path, 'ref_stats': path, 'export_npz': path, 'export_png_dir': path,
-    'source': path, 'out_dir': path, 'pipeline': one_of(defined_in('pipelines', 'PIPELINES')),
+    'source': path, 'out_dir': path, 'hf_dataset': path, 'hf_cache_dir': path,
+    'hf_config': text_or_none, 'hf_split': text_or_none, 'image_column': text_or_none,
+    'hf_streaming': boolean, 'pipeline': one_of(defined_in('pipelines', 'PIPELINES')),
     # the model and the diffusion
     'model_name': one_of(defined_in('models.unet', 'MODEL_CONFIGS')), 'dataset': one_of(defined_in('tpu_utils.datasets', 'DATASETS')),
     'resolution': integer(1, optional=True), 'channels': integer(1), 'block_size': integer(1),
@@ -172,8 +179,9 @@ def _dataset_needs(a):
   if dataset is not None:
     from .tpu_utils.datasets import DATASETS
     takes = inspect.signature(DATASETS[dataset]).parameters
-    for flag in ('resolution', 'folder'):
-      if a.get(flag) is not None and flag not in takes:
+    from .recipes.recipe import HF_DATA_FLAGS
+    for flag in ('resolution', 'folder') + HF_DATA_FLAGS:
+      if a.get(flag) not in (None, False) and flag not in takes:
         raise FlagError(f'--{flag} does not apply to --dataset {dataset} (its images have a '
                         f'fixed source and size); leave it out')
   if dataset == 'digits':
@@ -189,6 +197,9 @@ def _dataset_needs(a):
     if missing:
       raise FlagError(f'--dataset folder needs {" and ".join(missing)} (a directory of images '
                       f'and the square size to train at)')
+  elif dataset == 'hf' and a.get('hf_dataset') is None:
+    raise FlagError('--dataset hf needs --hf_dataset (a Hub data set id, or a local folder the '
+                    '`datasets` library reads)')
   elif dataset == 'lsun' and 'tfr_file' in a and a['tfr_file'] is None:
     raise FlagError('--dataset lsun needs --tfr_file (a StyleGAN2 dataset_tool .tfrecords file)')
 
