@@ -227,9 +227,10 @@ def _order_and_spacing_fit_the_sampler(a):
 
 
 def _linear_schedule_needs_max_steps(a):
-  if a.get('lr_schedule') == 'linear' and 'max_steps' in a and a['max_steps'] is None:
-    raise FlagError("--lr_schedule linear decays the rate to 0 at --max_steps: set --max_steps "
-                    "(or pass --lr_schedule constant)")
+  from .utils import DECAYING_LR_SCHEDULES
+  if a.get('lr_schedule') in DECAYING_LR_SCHEDULES and 'max_steps' in a and a['max_steps'] is None:
+    raise FlagError(f"--lr_schedule {a['lr_schedule']} decays the rate to 0 at --max_steps: set "
+                    "--max_steps (or pass --lr_schedule constant)")
 
 
 CROSS_RULES = (_beta_range, _resolution_fits_the_model, _dataset_needs, _one_source,

@@ -364,7 +364,8 @@ def _replica_step_fn(state, settings, num_replicas):
     grads, gnorm, grad_scale = _reduce_and_clip(ctx, grads, s.clip_mode, s.grad_clip, num_replicas)
     step = state.global_step.read_value()
     lr_t = utils.get_lr(s.lr, s.warmup, step, s.lr_schedule, s.total_steps)
-    _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, s.ema_decay)
+    ema_decay = utils.get_ema_decay(s.ema_decay, step, s.ema_warmup)
+    _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, ema_decay)
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), gnorm, lr_t
 
   return replica_step
@@ -447,7 +448,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
                  max_steps=UNBOUNDED_STEPS, warm_start_from=None, save_checkpoints_secs=1600,
                  save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
                  allow_kwargs_mismatch=False, loss_scale=None, seed=None, max_seconds_per_loop=30.,
-                 lr_schedule='constant', log_fn=utils.log):
+                 lr_schedule='constant', ema_warmup=None, log_fn=utils.log):
   """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
 
   The run lives in ``<log_dir>/<date_str or today>/<exp_name>``. An existing run is
@@ -455,8 +456,10 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   reshuffled). ``clip_mode='global'`` clips the all-reduced gradient at ``grad_clip``;
   ``'per_replica'`` reproduces the original TPU behaviour (§9.6: each replica's gradient of
   loss/num_replicas is clipped at grad_clip/num_replicas before summing).
-  ``lr_schedule='linear'`` anneals the rate to 0 at ``max_steps`` after the warmup
-  (`utils.get_lr`); the default ``'constant'`` is the original's.
+  ``lr_schedule='linear'`` (or diffusers' 'cosine', ...) anneals the rate to 0 at ``max_steps``
+  after the warmup (`utils.get_lr`); the default ``'constant'`` is the original's.
+  ``ema_warmup=(inv_gamma, power)`` raises the EMA decay towards ``ema_decay`` as diffusers'
+  `EMAModel` warm-up does (`utils.get_ema_decay`); None keeps the paper's fixed decay.
   ``loss_scale='dynamic'`` (for float16 compute) scales the loss, unscales the gradients and
   skips overflowing steps (`DynamicLossScale`). ``seed`` (default None: unseeded, as the
   original) fixes the initial weights and, offset by the resumed step, the data order,
@@ -469,7 +472,8 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   """
   settings = TrainSettings(  # checks the values before any work
       optimizer=optimizer, lr=lr, warmup=warmup, grad_clip=grad_clip, total_bs=total_bs,
-      ema_decay=ema_decay, max_steps=max_steps, lr_schedule=lr_schedule, clip_mode=clip_mode,
+      ema_decay=ema_decay, ema_warmup=ema_warmup, max_steps=max_steps, lr_schedule=lr_schedule,
+      clip_mode=clip_mode,
       loss_scale=loss_scale, seed=seed, keep_checkpoint_max=keep_checkpoint_max,
       save_checkpoints_secs=save_checkpoints_secs, save_every_steps=save_every_steps,
       iterations_per_loop=iterations_per_loop, summary_every=summary_every,

@@ -26,6 +26,7 @@ class TrainSettings:
   grad_clip: float
   total_bs: int
   ema_decay: float = 0.9999
+  ema_warmup: tuple = None  # (inv_gamma, power): diffusers' EMA warm-up up to ema_decay
   max_steps: int = UNBOUNDED_STEPS
   lr_schedule: str = 'constant'
   clip_mode: str = 'global'
@@ -45,6 +46,9 @@ class TrainSettings:
     if self.loss_scale not in LOSS_SCALES:
       raise ValueError(f"loss_scale={self.loss_scale!r}; expected None or 'dynamic'")
     utils.check_lr_schedule(self.lr_schedule, self.total_steps)
+    if self.ema_warmup is not None and not (len(self.ema_warmup) == 2 and self.ema_warmup[0] > 0
+                                            and self.ema_warmup[1] > 0):
+      raise ValueError(f'ema_warmup={self.ema_warmup!r}; expected (inv_gamma > 0, power > 0)')
 
   @property
   def total_steps(self):
