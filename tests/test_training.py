@@ -54,7 +54,7 @@ def _input_fn(images):
 
 
 def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0, lr_schedule='constant',
-                     decays=None):
+                     decays=None, weight_decay=0.):
   """TF1 AdamOptimizer + warmup (+ linear decay to 0 at ``steps``) + global-norm clipping + EMA,
   written out in NumPy."""
   w, m, v = np.array(w0, np.float64), np.zeros(3), np.zeros(3)
@@ -70,6 +70,7 @@ def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0,
     lr_t = lr * min(step / warmup, 1.)
     if lr_schedule == 'linear':
       lr_t *= min((steps - step) / (steps - warmup), 1.)
+    w = w * (1. - lr_t * weight_decay)  # torch's AdamW: decoupled decay first
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * grad ** 2
     w = w - lr_t * np.sqrt(1 - b2p) / (1 - b1p) * m / (np.sqrt(v) + eps)
@@ -228,6 +229,54 @@ def test_ema_warmup_in_training_matches_hand_computation(tmp_path):
   np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
   np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
   assert np.abs(shadow - fixed).max() > 1e-3  # the warm-up moved the average measurably
+
+
+@pytest.mark.parametrize('fused', [True, False], ids=['fused_kernels_on', 'tf_ops'])
+def test_adamw_weight_decay_matches_hand_computation(tmp_path, fused):
+  images = _images(64)
+  kw = dict(lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9)
+  logged = []
+  with nn.fused_kernels(fused):  # weight decay takes the TF ops either way
+    state = tpu_utils.run_training(
+        model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+        optimizer='adam', log_dir=str(tmp_path), exp_name='tiny', max_steps=6,
+        log_fn=logged.append, optimizer_options={'weight_decay': 0.5}, **kw)
+  w, shadow, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], weight_decay=0.5, **kw)
+  plain, _, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
+  np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
+  assert np.abs(w - plain).max() > 1e-2  # the decay changed the weights measurably
+  assert any('the fused Adam+EMA kernel has none' in str(line) for line in logged)
+
+
+class BatchSizeModel(TinyModel):
+  """TinyModel that keeps the batch size its loss last saw."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = tf.Variable(0, trainable=False, name='seen')
+
+  def train_fn(self, x, y):
+    self.seen.assign(tf.shape(x)[0])
+    return super().train_fn(x, y)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_k_micro_batches_equal_one_batch(tmp_path):
+  images = _images(64)
+  kw = dict(model_constructor=BatchSizeModel, train_input_fn=_input_fn(images), total_bs=8,
+            optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9, max_steps=5,
+            log_fn=lambda *_: None, log_dir=str(tmp_path))
+  whole = tpu_utils.run_training(exp_name='whole', **kw)
+  split = tpu_utils.run_training(exp_name='split', grad_accumulation=4, **kw)  # 4 x 2 images
+  assert (int(whole.model.seen.numpy()), int(split.model.seen.numpy())) == (8, 2)
+  np.testing.assert_allclose(split.variables[0].numpy(), whole.variables[0].numpy(), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(split.ema_shadows[0].numpy(), whole.ema_shadows[0].numpy(),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='grad_accumulation=3 must be >= 1 and divide total_bs=8'):
+    tpu_utils.run_training(exp_name='bad', grad_accumulation=3, **kw)
 
 
 def test_linear_lr_schedule_needs_max_steps_and_fails_before_any_work(tmp_path):
