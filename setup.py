@@ -27,7 +27,8 @@ setup(
         # docs/deployment.md: --format onnx converts with tf2onnx; the tests run the LiteRT
         # and ONNX files with these runtimes (they skip, saying so, without them).
         'export': ['tf2onnx>=1.16', 'onnxruntime>=1.17', 'ai-edge-litert>=1.0'],
+        'hf': ['datasets>=2.14'],  # --dataset hf: data sets of the `datasets` library
         'test': ['pytest>=7', 'pytest-timeout>=2', 'tf2onnx>=1.16', 'onnxruntime>=1.17',
-                 'ai-edge-litert>=1.0'],
+                 'ai-edge-litert>=1.0', 'datasets>=2.14'],
     },
 )

@@ -24,3 +24,12 @@ class DamagedCheckpointError(ModelFileError):
 
 class DamagedFileError(ModelFileError):
   """A file the user's run depends on (e.g. kwargs.json) cannot be read."""
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+  """The data for a data set is missing; the message says where we looked and how to get it."""
+
+
+class DatasetContentError(UserError, ValueError):
+  """A data set is there but does not hold what training needs (no such image column, images
+  of different sizes without a resolution to bring them to)."""

@@ -97,6 +97,9 @@ def train(recipe, flags):
   region, paths = resolve_paths(flags.get('bucket_name_prefix'), flags.get('region'),
                                 **{k: flags[k] for k in _PATH_FLAGS if flags.get(k) is not None})
   record = dict(flags, region=region, **paths)
+  # Unset --dataset hf flags are not recorded: runs from before them resume unchanged.
+  record = {k: v for k, v in record.items()
+            if k not in recipes.HF_DATA_FLAGS or v not in (None, False)}
   for k in ('tfr_file', 'log_dir'):
     if k in record:
       print(f'{k}: {record[k]}')

@@ -180,8 +180,13 @@ def get_warmed_up_lr(max_lr, warmup, global_step):
 
 
 # 'constant' is the original's schedule; 'linear' (not in the original) also anneals the rate
-# to 0 at the last step, which gives short runs cleaner samples.
-LR_SCHEDULES = ('constant', 'linear')
+# to 0 at the last step, which gives short runs cleaner samples. The others are diffusers'
+# `get_scheduler` choices with their default shapes ('constant_with_warmup' is our 'constant';
+# diffusers' 'constant' has no warmup: warmup 0 here).
+LR_SCHEDULES = ('constant', 'linear', 'cosine', 'cosine_with_restarts', 'polynomial',
+                'constant_with_warmup')
+DECAYING_LR_SCHEDULES = ('linear', 'cosine', 'cosine_with_restarts', 'polynomial')
+POLYNOMIAL_LR_END, POLYNOMIAL_POWER = 1e-7, 1.0  # diffusers' defaults
 
 
 def check_lr_schedule(schedule, total_steps):
@@ -189,21 +194,47 @@ def check_lr_schedule(schedule, total_steps):
   can run before a distribution strategy is set up)."""
   if schedule not in LR_SCHEDULES:
     raise ValueError(f'lr_schedule={schedule!r}; expected one of {LR_SCHEDULES}')
-  if schedule == 'linear' and not total_steps:
-    raise ValueError("lr_schedule='linear' decays the rate to 0 at max_steps: set max_steps")
+  if schedule in DECAYING_LR_SCHEDULES and not total_steps:
+    raise ValueError(f"lr_schedule={schedule!r} decays the rate to 0 at max_steps: set max_steps")
+
+
+def _decayed(schedule, max_lr, step, progress):
+  """The factor of ``max_lr`` after the warmup; ``progress`` runs from 0 to 1 at the end."""
+  if schedule == 'linear':
+    return tf.maximum(1. - progress, 0.)
+  if schedule == 'cosine':  # half a cosine period (diffusers' num_cycles=0.5)
+    return tf.maximum(0.5 * (1. + tf.cos(np.pi * progress)), 0.)
+  if schedule == 'cosine_with_restarts':  # one cycle: the same half cosine, then 0
+    return tf.where(progress >= 1., 0., 0.5 * (1. + tf.cos(np.pi * tf.math.floormod(progress, 1.))))
+  end = POLYNOMIAL_LR_END / max_lr
+  return tf.where(progress > 1., end,
+                  (1. - end) * tf.maximum(1. - progress, 0.) ** POLYNOMIAL_POWER + end)
+
+
+def get_ema_decay(max_decay, global_step, warmup=None):
+  """The EMA decay of the update at ``global_step`` (0 for the first): ``max_decay``, or with
+  ``warmup`` = (inv_gamma, power) diffusers' `EMAModel` warm-up 1 - (1 + step / inv_gamma) **
+  -power capped at ``max_decay`` (its step counts from 0 at our first update, whose decay
+  is 0 in both: the average starts as a copy of the weights)."""
+  if warmup is None:
+    return max_decay
+  inv_gamma, power = warmup
+  step = tf.cast(global_step, tf.float32)
+  return tf.clip_by_value(1. - (1. + step / float(inv_gamma)) ** -float(power), 0., max_decay)
 
 
 def get_lr(max_lr, warmup, global_step, schedule='constant', total_steps=None):
-  """The learning rate at ``global_step``: `get_warmed_up_lr`, then for ``schedule='linear'``
-  times (total_steps - step) / (total_steps - warmup), reaching 0 at ``total_steps`` (a run
-  that ends within the warmup has no decay phase)."""
+  """The learning rate at ``global_step`` (0 for the first update): `get_warmed_up_lr`, then for
+  a decaying schedule (`DECAYING_LR_SCHEDULES`) the rate times a factor that falls from 1 after
+  the warmup to 0 at ``total_steps`` (diffusers' `get_scheduler` formulas; 'linear' is (total
+  - step) / (total - warmup); a run that ends within the warmup has no decay phase)."""
   check_lr_schedule(schedule, total_steps)
   lr = get_warmed_up_lr(max_lr, warmup, global_step)
-  if schedule == 'constant':
+  if schedule not in DECAYING_LR_SCHEDULES:
     return lr
-  decay_steps = float(max(total_steps - warmup, 1))
-  remaining = (float(total_steps) - tf.cast(global_step, tf.float32)) / decay_steps
-  return lr * tf.clip_by_value(remaining, 0., 1.)
+  step = tf.cast(global_step, tf.float32)
+  progress = (step - float(warmup)) / float(max(total_steps - warmup, 1))
+  return tf.where(step < float(warmup), lr, max_lr * _decayed(schedule, max_lr, step, progress))
 
 
 # ----------------------------------------------------------------------------- GCS paths

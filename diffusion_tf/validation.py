@@ -85,6 +85,11 @@ def text(name, value, arguments):
     raise FlagError(f'{_flag(name)} must be a non-empty name; got {value!r}')
 
 
+def text_or_none(name, value, arguments):
+  if value is not None:
+    text(name, value, arguments)
+
+
 # ----------------------------------------------------------------------------- allowed sets
 
 def defined_in(module, *names):
@@ -118,7 +123,9 @@ RULES = {
     'warm_start_model_dir': path, 'model_dir': path, 'ckpt': path, 'out': path,
     'load_ckpt': path, 'samples_dir': path, 'inception_graph': path, 'stats_cache_dir': path,
     'pretrained': path, 'ref_stats': path, 'export_npz': path, 'export_png_dir': path,
-    'source': path, 'out_dir': path, 'pipeline': one_of(defined_in('pipelines', 'PIPELINES')),
+    'source': path, 'out_dir': path, 'hf_dataset': path, 'hf_cache_dir': path,
+    'hf_config': text_or_none, 'hf_split': text_or_none, 'image_column': text_or_none,
+    'hf_streaming': boolean, 'pipeline': one_of(defined_in('pipelines', 'PIPELINES')),
     # the model and the diffusion
     'model_name': one_of(defined_in('models.unet', 'MODEL_CONFIGS')), 'dataset': one_of(defined_in('tpu_utils.datasets', 'DATASETS')),
     'resolution': integer(1, optional=True), 'channels': integer(1), 'block_size': integer(1),
@@ -173,8 +180,9 @@ def _dataset_needs(a):
   if dataset is not None:
     from .tpu_utils.datasets import DATASETS
     takes = inspect.signature(DATASETS[dataset]).parameters
-    for flag in ('resolution', 'folder'):
-      if a.get(flag) is not None and flag not in takes:
+    from .recipes.recipe import HF_DATA_FLAGS
+    for flag in ('resolution', 'folder') + HF_DATA_FLAGS:
+      if a.get(flag) not in (None, False) and flag not in takes:
         raise FlagError(f'--{flag} does not apply to --dataset {dataset} (its images have a '
                         f'fixed source and size); leave it out')
   if dataset == 'digits':
@@ -190,6 +198,9 @@ def _dataset_needs(a):
     if missing:
       raise FlagError(f'--dataset folder needs {" and ".join(missing)} (a directory of images '
                       f'and the square size to train at)')
+  elif dataset == 'hf' and a.get('hf_dataset') is None:
+    raise FlagError('--dataset hf needs --hf_dataset (a Hub data set id, or a local folder the '
+                    '`datasets` library reads)')
   elif dataset == 'lsun' and 'tfr_file' in a and a['tfr_file'] is None:
     raise FlagError('--dataset lsun needs --tfr_file (a StyleGAN2 dataset_tool .tfrecords file)')
 
@@ -217,9 +228,10 @@ def _order_and_spacing_fit_the_sampler(a):
 
 
 def _linear_schedule_needs_max_steps(a):
-  if a.get('lr_schedule') == 'linear' and 'max_steps' in a and a['max_steps'] is None:
-    raise FlagError("--lr_schedule linear decays the rate to 0 at --max_steps: set --max_steps "
-                    "(or pass --lr_schedule constant)")
+  from .utils import DECAYING_LR_SCHEDULES
+  if a.get('lr_schedule') in DECAYING_LR_SCHEDULES and 'max_steps' in a and a['max_steps'] is None:
+    raise FlagError(f"--lr_schedule {a['lr_schedule']} decays the rate to 0 at --max_steps: set "
+                    "--max_steps (or pass --lr_schedule constant)")
 
 
 CROSS_RULES = (_beta_range, _resolution_fits_the_model, _dataset_needs, _one_source,

@@ -81,11 +81,12 @@ _TRAIN_DIGITS = [
     # and more
     ('--total_bs', '1.5'), ('--lr', 'fast'), ('--grad_clip', '0'), ('--dropout', '1.5'),
     ('--ema_decay', '1.0'), ('--num_diffusion_timesteps', '0'), ('--beta_start', '0.5'),
-    ('--beta_end', '2'), ('--lr_schedule', 'cosine'), ('--clip_mode', 'local'),
+    ('--beta_end', '2'), ('--lr_schedule', 'exponential'), ('--clip_mode', 'local'),
     ('--channels', '2'), ('--block_size', '0'), ('--block_size', '3'), ('--resolution', '4'),
     ('--dataset', 'mnist'), ('--model_name', 'unet9'), ('--keep_checkpoint_max', '0'),
     ('--save_every_steps', '0'), ('--save_checkpoints_secs', '-1'), ('--seed', '-1'),
     ('--num_sample_images', '-1'), ('--randflip', '2'), ('--exp_name', ''),
+    ('--hf_streaming', '2'), ('--image_column', ''), ('--hf_split', ''),
 ]
 _SAMPLE = [('--num_samples', '0'), ('--batch_size', '-1'), ('--sampler', 'lcm'),
            ('--steps', '0'), ('--eta', '-1'), ('--spacing', 'log'), ('--mixed_precision', 'fp8'),

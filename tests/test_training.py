@@ -7,12 +7,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import checkpoints, nn, ops, recipes, runners
+from diffusion_tf import checkpoints, nn, ops, recipes, runners, utils
 from diffusion_tf.tpu_utils import tpu_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,8 @@ def _input_fn(images):
   return input_fn
 
 
-def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0, lr_schedule='constant'):
+def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0, lr_schedule='constant',
+                     decays=None, weight_decay=0.):
   """TF1 AdamOptimizer + warmup (+ linear decay to 0 at ``steps``) + global-norm clipping + EMA,
   written out in NumPy."""
   w, m, v = np.array(w0, np.float64), np.zeros(3), np.zeros(3)
@@ -68,11 +70,12 @@ def _numpy_reference(images, bs, steps, *, lr, warmup, grad_clip, ema_decay, w0,
     lr_t = lr * min(step / warmup, 1.)
     if lr_schedule == 'linear':
       lr_t *= min((steps - step) / (steps - warmup), 1.)
+    w = w * (1. - lr_t * weight_decay)  # torch's AdamW: decoupled decay first
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * grad ** 2
     w = w - lr_t * np.sqrt(1 - b2p) / (1 - b1p) * m / (np.sqrt(v) + eps)
     b1p, b2p = b1p * b1, b2p * b2
-    decay = 1e-10 if step < 1 else ema_decay
+    decay = 1e-10 if step < 1 else ema_decay if decays is None else decays[step]
     shadow = shadow - (1 - decay) * (shadow - w)
   return w, shadow, m, v
 
@@ -185,14 +188,107 @@ def test_linear_lr_schedule_matches_hand_computation(tmp_path):
   assert np.abs(w - const_w).max() > 1e-2  # the schedule changed the trajectory measurably
 
 
+DIFFUSERS = json.loads((Path(__file__).parent / 'fixtures' / 'diffusers_training_schedules.json')
+                       .read_text())  # tests/fixtures/make_training_fixtures.py
+
+
+@pytest.mark.parametrize('schedule', sorted(DIFFUSERS['learning_rates']))
+def test_lr_schedules_are_diffusers_get_scheduler(schedule):
+  expected = DIFFUSERS['learning_rates'][schedule]
+  # diffusers' 'constant' has no warmup; ours is the original's (with warmup): warmup 0 here.
+  ours, warmup = (('constant', 0) if schedule == 'constant'
+                  else (schedule, DIFFUSERS['warmup']))
+  got = [float(utils.get_lr(DIFFUSERS['lr'], warmup, step, ours, DIFFUSERS['steps']))
+         for step in range(len(expected))]
+  # float32 arithmetic: 1e-6 of the peak rate absolutely (near 0 the cosine loses digits).
+  np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-6 * DIFFUSERS['lr'])
+
+
+@pytest.mark.parametrize('case', DIFFUSERS['ema'], ids=lambda c: f"g{c['inv_gamma']}p{c['power']:.2f}")
+def test_ema_warmup_is_diffusers_ema_model_decay(case):
+  # diffusers' EMAModel.step k (from 1) is our update at global step k - 1.
+  got = [float(utils.get_ema_decay(case['max_decay'], step, (case['inv_gamma'], case['power'])))
+         for step in range(len(case['decays']))]
+  np.testing.assert_allclose(got, case['decays'], rtol=1e-6, atol=1e-7)
+  assert got[0] == 0. and got == sorted(got) and max(got) <= case['max_decay']
+  if case['decays'][-1] == case['max_decay']:
+    assert got[-1] == pytest.approx(case['max_decay'])  # the cap
+
+
+def test_ema_warmup_in_training_matches_hand_computation(tmp_path):
+  images = _images(64)
+  kw = dict(lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9999)
+  case = DIFFUSERS['ema'][0]
+  state = tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8, optimizer='adam',
+      log_dir=str(tmp_path), exp_name='tiny', max_steps=6, log_fn=lambda *_: None,
+      ema_warmup=(case['inv_gamma'], case['power']), **kw)
+  w, shadow, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], decays=case['decays'], **kw)
+  _, fixed, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
+  np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
+  assert np.abs(shadow - fixed).max() > 1e-3  # the warm-up moved the average measurably
+
+
+@pytest.mark.parametrize('fused', [True, False], ids=['fused_kernels_on', 'tf_ops'])
+def test_adamw_weight_decay_matches_hand_computation(tmp_path, fused):
+  images = _images(64)
+  kw = dict(lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9)
+  logged = []
+  with nn.fused_kernels(fused):  # weight decay takes the TF ops either way
+    state = tpu_utils.run_training(
+        model_constructor=TinyModel, train_input_fn=_input_fn(images), total_bs=8,
+        optimizer='adam', log_dir=str(tmp_path), exp_name='tiny', max_steps=6,
+        log_fn=logged.append, optimizer_options={'weight_decay': 0.5}, **kw)
+  w, shadow, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], weight_decay=0.5, **kw)
+  plain, _, _, _ = _numpy_reference(images, 8, 6, w0=[0.3, -0.2, 0.1], **kw)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(state.variables[0].numpy(), w, **tol)
+  np.testing.assert_allclose(state.ema_shadows[0].numpy(), shadow, **tol)
+  assert np.abs(w - plain).max() > 1e-2  # the decay changed the weights measurably
+  assert any('the fused Adam+EMA kernel has none' in str(line) for line in logged)
+
+
+class BatchSizeModel(TinyModel):
+  """TinyModel that keeps the batch size its loss last saw."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = tf.Variable(0, trainable=False, name='seen')
+
+  def train_fn(self, x, y):
+    self.seen.assign(tf.shape(x)[0])
+    return super().train_fn(x, y)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_k_micro_batches_equal_one_batch(tmp_path):
+  images = _images(64)
+  kw = dict(model_constructor=BatchSizeModel, train_input_fn=_input_fn(images), total_bs=8,
+            optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, ema_decay=0.9, max_steps=5,
+            log_fn=lambda *_: None, log_dir=str(tmp_path))
+  whole = tpu_utils.run_training(exp_name='whole', **kw)
+  split = tpu_utils.run_training(exp_name='split', grad_accumulation=4, **kw)  # 4 x 2 images
+  assert (int(whole.model.seen.numpy()), int(split.model.seen.numpy())) == (8, 2)
+  np.testing.assert_allclose(split.variables[0].numpy(), whole.variables[0].numpy(), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(split.ema_shadows[0].numpy(), whole.ema_shadows[0].numpy(),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='grad_accumulation=3 must be >= 1 and divide total_bs=8'):
+    tpu_utils.run_training(exp_name='bad', grad_accumulation=3, **kw)
+
+
 def test_linear_lr_schedule_needs_max_steps_and_fails_before_any_work(tmp_path):
   common = dict(model_constructor=TinyModel, train_input_fn=_input_fn(_images(8)), total_bs=8,
                 optimizer='adam', lr=0.1, warmup=2, grad_clip=1.0, log_dir=str(tmp_path),
                 exp_name='bad', log_fn=lambda *_: None)
   with pytest.raises(ValueError, match='max_steps'):
     tpu_utils.run_training(lr_schedule='linear', **common)
-  with pytest.raises(ValueError, match=r"lr_schedule='cosine'; expected one of"):
-    tpu_utils.run_training(lr_schedule='cosine', max_steps=4, **common)
+  with pytest.raises(ValueError, match=r"lr_schedule='exponential'; expected one of"):
+    tpu_utils.run_training(lr_schedule='exponential', max_steps=4, **common)
+  with pytest.raises(ValueError, match=r'ema_warmup=\(1.0,\); expected \(inv_gamma > 0'):
+    tpu_utils.run_training(ema_warmup=(1.0,), max_steps=4, **common)
   assert not os.listdir(tmp_path)  # nothing written
 
 

@@ -4,7 +4,7 @@
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
-from .texts import INSPECT_FLAGS, INSPECT_HELP
+from .texts import INSPECT_FLAGS, INSPECT_HELP, HF_FLAGS, HF_HELP
 
 CELEBAHQ = Recipe(
     name='celebahq',
@@ -20,7 +20,7 @@ CELEBAHQ = Recipe(
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'loss_type dropout randflip block_size tfds_data_dir log_dir | region max_steps '
                  'save_every_steps save_checkpoints_secs keep_checkpoint_max '
-                 + TRAIN_TAIL + ' folder resolution',
+                 + TRAIN_TAIL + ' folder resolution ' + HF_FLAGS,
         'evaluation': 'model_dir tpu_name bucket_name_prefix once dump_samples_only total_bs '
                       'tfds_data_dir | load_ckpt region num_inception_samples samples_dir '
                       + EVALUATION_TAIL,
@@ -33,7 +33,7 @@ CELEBAHQ = Recipe(
         'export': EXPORT_COMMAND_HELP,
         'train': 'Trains the CelebA-HQ model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
-                 'any images.',
+                 'any images.\n' + HF_HELP,
         'evaluation': 'FID / Inception Score of the EMA weights: 2048 samples against the 29952 '
                       'train images (there is no test split). Watches --model_dir for new '
                       'checkpoints unless --once or --load_ckpt (new; e.g. model.ckpt-560000); '

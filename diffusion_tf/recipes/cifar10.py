@@ -4,7 +4,7 @@ fixedlarge sampling variance, MSE loss), batch 128, lr 2e-4 with 5000 warmup ste
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
-from .texts import INSPECT_FLAGS, INSPECT_HELP
+from .texts import INSPECT_FLAGS, INSPECT_HELP, HF_FLAGS, HF_HELP
 
 CIFAR10 = Recipe(
     name='cifar10',
@@ -22,7 +22,7 @@ CIFAR10 = Recipe(
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'model_mean_type model_var_type loss_type dropout randflip tfds_data_dir log_dir '
                  'keep_checkpoint_max | region max_steps save_every_steps save_checkpoints_secs '
-                 + TRAIN_TAIL + ' folder resolution',
+                 + TRAIN_TAIL + ' folder resolution ' + HF_FLAGS,
         'evaluation': 'model_dir tpu_name bucket_name_prefix once dump_samples_only total_bs '
                       'tfds_data_dir load_ckpt | region num_inception_samples samples_dir '
                       + EVALUATION_TAIL,
@@ -37,7 +37,7 @@ CIFAR10 = Recipe(
         'export': EXPORT_COMMAND_HELP,
         'train': 'Trains the CIFAR-10 model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
-                 'any images.',
+                 'any images.\n' + HF_HELP,
         'evaluation': 'FID / Inception Score of the EMA weights: 50000 samples against the train '
                       '(49920) and test (9984) images. Watches --model_dir for new checkpoints '
                       'unless --once or --load_ckpt (e.g. model.ckpt-790000); --dump_samples_only '

@@ -7,7 +7,7 @@ is short; a learning rate annealed to 0."""
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Sampling, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import SAMPLE_FLAGS, SAMPLE_HELP, SAMPLER_FLAGS, SAMPLER_HELP, STATS_HELP, EXPORT_HELP
-from .texts import INSPECT_FLAGS, INSPECT_HELP
+from .texts import INSPECT_FLAGS, INSPECT_HELP, HF_FLAGS, HF_HELP
 
 DIGITS = Recipe(
     name='digits',
@@ -27,7 +27,7 @@ DIGITS = Recipe(
                  'model_mean_type model_var_type loss_type dropout randflip log_dir '
                  'keep_checkpoint_max | resolution channels block_size ema_decay max_steps '
                  'num_sample_images region save_every_steps save_checkpoints_secs clip_mode '
-                 'allow_kwargs_mismatch mixed_precision seed lr_schedule sample_steps',
+                 'allow_kwargs_mismatch mixed_precision seed lr_schedule sample_steps ' + HF_FLAGS,
         'evaluation': 'model_dir tpu_name bucket_name_prefix once dump_samples_only total_bs '
                       'load_ckpt | region num_inception_samples samples_dir ' + SAMPLER_FLAGS
                       + ' features inception_graph seed stats_cache_dir ref_stats export_npz '
@@ -61,7 +61,8 @@ three equal channels, like the paper's data sets: the model then also has to lea
 its channels equal, and in the same time its samples are more often malformed or tinted.
 --block_size 2 runs the U-Net on 2x2 space-to-depth blocks (the original CelebA-HQ/LSUN
 models' option): a step costs 0.6x, but in the same time the samples are far worse (48%
-recognisable after 5,000 steps against 92% at full resolution after 4,000).""",
+recognisable after 5,000 steps against 92% at full resolution after 4,000).
+""" + HF_HELP,
         'evaluation': 'FID / Inception Score of the EMA weights: 1000 samples against the train '
                       '(1700 in batches of 100) and eval (100) images, measured with the features '
                       'of a digits classifier (--features digits, the default; see '

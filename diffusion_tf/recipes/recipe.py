@@ -6,7 +6,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Optional
 
-REQUIRED = inspect.Parameter.empty  # a flag without a default (e.g. evaluation's model_dir)
+REQUIRED = inspect.Parameter.empty
+HF_DATA_FLAGS = ('hf_dataset', 'hf_config', 'hf_split', 'image_column', 'hf_streaming',
+                 'hf_cache_dir')  # the flags of --dataset hf (`tpu_utils.datasets.HubDataset`)  # a flag without a default (e.g. evaluation's model_dir)
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,12 @@ class Data:
   resolution: Optional[int] = None  # the square size to train at (folder, digits)
   channels: Optional[int] = None    # digits: 1 (grey) or 3
   shuffle_buffer: Optional[int] = None
+  hf_dataset: Optional[str] = None  # --dataset hf: a Hub id or a local `datasets` folder
+  hf_config: Optional[str] = None
+  hf_split: Optional[str] = None    # (None: 'train')
+  image_column: Optional[str] = None  # (None: 'image')
+  hf_streaming: bool = False
+  hf_cache_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -197,8 +205,10 @@ class Recipe:
   def dataset_options(self):
     """Keyword arguments of `tpu_utils.datasets.get_dataset` for the training images."""
     d = self.data
-    extra = {k: getattr(d, k) for k in ('resolution', 'folder', 'shuffle_buffer', 'channels')
-             if getattr(d, k) is not None}
+    names = ('resolution', 'folder', 'shuffle_buffer', 'channels')
+    if d.dataset == 'hf':
+      names += HF_DATA_FLAGS
+    extra = {k: getattr(d, k) for k in names if getattr(d, k) is not None}
     return dict(tfds_data_dir=d.tfds_data_dir, tfr_file=d.tfr_file, **extra)
 
 

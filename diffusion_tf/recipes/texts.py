@@ -1,7 +1,15 @@
 """Flag lists and help texts that several recipes share (each stated once)."""
 
+from .recipe import HF_DATA_FLAGS
+
 # The flags after a script's own: the same in every train / evaluation / sample command.
 TRAIN_TAIL = 'clip_mode allow_kwargs_mismatch mixed_precision'
+HF_FLAGS = ' '.join(HF_DATA_FLAGS)
+HF_HELP = ('With --dataset hf --hf_dataset NAME_OR_PATH it trains on a `datasets` data set: a Hub '
+           'id or a local folder (save_to_disk, parquet / arrow files, an imagefolder); '
+           '--hf_split (train), --image_column (image), --hf_config, --hf_cache_dir, '
+           '--hf_streaming (read as it trains); --resolution R centre-crops and resizes (else all '
+           'images must have one square size).')
 SAMPLER_FLAGS = 'sampler steps eta spacing order'
 EVALUATION_TAIL = (SAMPLER_FLAGS + ' inception_graph seed stats_cache_dir ref_stats export_npz '
                    'export_png_dir pretrained')

@@ -17,12 +17,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ..errors import DatasetContentError, DatasetNotFoundError  # noqa: F401  (datasets.*Error)
+
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 50000
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """The data for a dataset is missing; the message says where we looked and how to prepare it."""
 
 
 def pack(image, label):
@@ -208,6 +206,30 @@ class LsunDataset:
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 
+def decode_rgb(encoded, channels=3):
+  """A PNG / JPEG / GIF / BMP file's bytes -> uint8 [H, W, 3] (grey repeated, alpha dropped),
+  or [H, W, 1] grey with ``channels`` 1."""
+  return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+
+def square_and_resize(img, resolution, random_crop=False):
+  """The largest square of ``img`` (centred, or at a random offset along the longer side),
+  resized to ``resolution`` (bilinear with antialiasing, i.e. area-like when shrinking), as
+  int32 [resolution, resolution, channels] in [0, 255]."""
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  s = tf.minimum(h, w)
+  if random_crop:
+    top = tf.random.uniform([], 0, h - s + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, w - s + 1, dtype=tf.int32)
+  else:
+    top, left = (h - s) // 2, (w - s) // 2
+  img = tf.image.crop_to_bounding_box(img, top, left, s, s)
+  img = tf.image.resize(img, [resolution, resolution], method='bilinear', antialias=True)
+  img = tf.cast(tf.clip_by_value(tf.round(img), 0., 255.), tf.int32)
+  img.set_shape((resolution, resolution, img.shape[-1]))
+  return img
+
+
 def _list_images(folder):
   files = []
   for dirname, _, filenames in tf.io.gfile.walk(folder):
@@ -245,15 +267,8 @@ class ImageFolderDataset:
     pass  # checked in the constructor
 
   def _load_image(self, path):
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    h, w = tf.shape(img)[0], tf.shape(img)[1]
-    s = tf.minimum(h, w)
-    img = tf.image.crop_to_bounding_box(img, (h - s) // 2, (w - s) // 2, s, s)
-    img = tf.image.resize(img, [self.resolution, self.resolution], method='bilinear',
-                          antialias=True)
-    img = tf.cast(tf.clip_by_value(tf.round(img), 0., 255.), tf.int32)
-    img.set_shape(self.image_shape)
-    return pack(image=img, label=_zero_label())
+    img = decode_rgb(tf.io.read_file(path))
+    return pack(image=square_and_resize(img, self.resolution), label=_zero_label())
 
   def _input_fn(self, params, one_pass):
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(self.files))
@@ -269,6 +284,87 @@ class ImageFolderDataset:
 
   def train_one_pass_input_fn(self, params):
     return self._input_fn(params, one_pass=True)
+
+  def eval_input_fn(self, params):
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# New: a data set of the `datasets` library (the Hub, or a local copy in any of its forms)
+
+class HubDataset:
+  """One split of a `datasets` data set (`hub_images`): a Hub id or a local folder. Its image
+  column's encoded bytes come from the `datasets` library in a generator; TensorFlow decodes
+  them in the parallel ``map``. With ``resolution`` each image is cropped to its largest
+  square (centred, or at a random place with ``center_crop=False``, as train_unconditional's
+  RandomCrop) and resized; without, all images must have one square size (checked on the
+  first `hub_images.SIZE_CHECK_LIMIT` images before training, then on every image as it is
+  decoded). Yields int32 [B, res, res, 3] in [0, 255] (``channels`` 1: grey), label 0; no
+  eval split.
+
+  Opening is deferred to `check_available` (or the first use), which raises the data set's
+  errors (missing, no such split or column, mixed sizes) before a run writes anything.
+  ``hf_streaming`` reads the data set as it trains (for data sets larger than the disk cache).
+  """
+
+  def __init__(self, hf_dataset, resolution=None, hf_split=None, image_column=None,
+               hf_streaming=False, hf_config=None, hf_cache_dir=None, center_crop=True,
+               shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, channels=3):
+    self.name = hf_dataset
+    self.options = dict(config=hf_config, split=hf_split or 'train',
+                        image_column=image_column or 'image', streaming=bool(hf_streaming),
+                        cache_dir=hf_cache_dir)
+    self.resolution = None if resolution is None else int(resolution)
+    self.center_crop = center_crop
+    self.channels = int(channels)
+    self.shuffle_buffer = shuffle_buffer
+    self.num_classes = 1
+    self.num_eval_examples = 0
+    self._images = None
+
+  def check_available(self):
+    self._opened()
+
+  def _opened(self):
+    if self._images is None:
+      from . import hub_images
+      images = hub_images.HubImages(self.name, **self.options)
+      self._shape = hub_images.check_sizes(images, self.resolution) + (self.channels,)
+      self._images = images
+    return self._images
+
+  @property
+  def image_shape(self):
+    self._opened()
+    return self._shape
+
+  @property
+  def num_train_examples(self):
+    return self._opened().num_examples
+
+  def _decode(self, encoded, train):
+    img = decode_rgb(encoded, self.channels)
+    if self.resolution is not None:
+      img = square_and_resize(img, self.resolution, random_crop=train and not self.center_crop)
+    else:
+      img = tf.cast(tf.ensure_shape(img, self._shape), tf.int32)
+    return pack(image=img, label=_zero_label())
+
+  def _input_fn(self, params, train):
+    images = self._opened()
+    # Drawn from TensorFlow's generator, so a run's --seed fixes the order too.
+    seed = int(tf.random.uniform([], 0, 2 ** 31 - 1, dtype=tf.int64)) if train else None
+    ds = tf.data.Dataset.from_generator(
+        lambda: images.encoded(seed=seed, repeat=train),
+        output_signature=tf.TensorSpec([], tf.string))
+    ds = ds.map(lambda b: self._decode(b, train), num_parallel_calls=AUTOTUNE)
+    return _batch_and_prefetch(ds, params['batch_size'])
+
+  def train_input_fn(self, params):
+    return self._input_fn(params, train=True)
+
+  def train_one_pass_input_fn(self, params):
+    return self._input_fn(params, train=False)
 
   def eval_input_fn(self, params):
     return None
@@ -356,6 +452,7 @@ DATASETS = {
     'lsun': LsunDataset,
     'folder': ImageFolderDataset,
     'digits': DigitsDataset,
+    'hf': HubDataset,
 }
 
 

@@ -26,7 +26,7 @@ RESUME_SAFE_KWARGS = frozenset({
     'tpu_name', 'bucket_name_prefix', 'region', 'log_dir', 'tfds_data_dir', 'tfr_file', 'data_dir',
     'max_steps', 'save_every_steps', 'save_checkpoints_secs', 'keep_checkpoint_max',
     'iterations_per_loop', 'warm_start_model_dir', 'allow_kwargs_mismatch', 'num_sample_images',
-    'sample_steps', 'shuffle_buffer', 'seed', 'summary_every',
+    'sample_steps', 'shuffle_buffer', 'seed', 'summary_every', 'hf_cache_dir', 'hf_streaming',
 })
 
 

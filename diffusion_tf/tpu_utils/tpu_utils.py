@@ -110,8 +110,9 @@ class Adam:
   its own copy identically, so no further synchronisation is needed.
   """
 
-  def __init__(self, variables, beta1=0.9, beta2=0.999, epsilon=1e-8):
+  def __init__(self, variables, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.):
     self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
+    self.weight_decay = weight_decay  # decoupled (AdamW): var *= 1 - lr * weight_decay first
     mk = lambda v, suffix: tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
                                        name=f'{tf1_name(v)}/{suffix}')
     self.m = [mk(v, 'Adam') for v in variables]
@@ -122,6 +123,9 @@ class Adam:
   def apply(self, grads, variables, lr):
     b1p, b2p = self.beta1_power.read_value(), self.beta2_power.read_value()
     for var, g, m, v in zip(variables, grads, self.m, self.v):
+      if self.weight_decay:  # as torch's AdamW: var -= lr * weight_decay * var, then Adam
+        tf.raw_ops.ResourceApplyGradientDescent(
+            var=var.handle, alpha=tf.cast(lr, var.dtype) * self.weight_decay, delta=var.read_value())
       tf.raw_ops.ResourceApplyAdam(
           var=var.handle, m=m.handle, v=v.handle, beta1_power=b1p, beta2_power=b2p, lr=lr,
           beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, grad=g)
@@ -178,10 +182,11 @@ class RMSProp:
 OPTIMIZERS = {'adam': Adam, 'rmsprop': RMSProp}
 
 
-def make_optimizer(name, variables):
+def make_optimizer(name, variables, **options):
+  """``options``: the optimizer's hyper-parameters (Adam: beta1, beta2, epsilon, weight_decay)."""
   if name not in OPTIMIZERS:
     raise NotImplementedError(f'optimizer={name!r}; expected one of {sorted(OPTIMIZERS)}')
-  return OPTIMIZERS[name](variables)
+  return OPTIMIZERS[name](variables, **options)
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -222,8 +227,10 @@ def apply_update(optimizer, grads, variables, shadows, lr, ema_decay, grad_scale
   On CPU, Adam on float32 variables runs as one fused kernel (`Adam.apply_with_ema`): bit
   for bit the same result as the TF ops, one pass over the arrays instead of four and one
   kernel instead of ~4 per variable (CIFAR-10 model: 44 instead of ~80 ms per step).
-  Elsewhere, or under ``nn.fused_kernels(False)``, TF's own kernels."""
-  lib = nn.fused_kernels_lib() if isinstance(optimizer, Adam) else None
+  Elsewhere, under ``nn.fused_kernels(False)``, or with weight decay (the fused kernel has
+  none), TF's own kernels."""
+  fusable = isinstance(optimizer, Adam) and not optimizer.weight_decay
+  lib = nn.fused_kernels_lib() if fusable else None
   grads = [tf.convert_to_tensor(g) for g in grads]
   if lib is not None and all(t.dtype == tf.float32 for t in [*variables, *shadows, *grads]):
     scale = tf.constant(1., tf.float32) if grad_scale is None else tf.cast(grad_scale, tf.float32)
@@ -287,10 +294,10 @@ def ema_scope(variables, shadows):
 class TrainState:
   """Everything a training checkpoint holds, under TF1 names."""
 
-  def __init__(self, model, optimizer, ema_decay, loss_scale=None):
+  def __init__(self, model, optimizer, ema_decay, loss_scale=None, optimizer_options=None):
     self.model = model
     self.variables = model.trainable_variables
-    self.optimizer = make_optimizer(optimizer, self.variables)
+    self.optimizer = make_optimizer(optimizer, self.variables, **(optimizer_options or {}))
     self.ema_decay = ema_decay
     self.ema_shadows = make_ema_shadows(self.variables)
     self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
@@ -360,11 +367,13 @@ def _replica_step_fn(state, settings, num_replicas):
 
   def replica_step(batch):
     ctx = tf.distribute.get_replica_context()
-    loss, grads = _loss_and_gradients(state.model, state.variables, batch, state.loss_scale)
+    loss, grads = _accumulated_loss_and_gradients(state.model, state.variables, batch,
+                                                  state.loss_scale, s.grad_accumulation)
     grads, gnorm, grad_scale = _reduce_and_clip(ctx, grads, s.clip_mode, s.grad_clip, num_replicas)
     step = state.global_step.read_value()
     lr_t = utils.get_lr(s.lr, s.warmup, step, s.lr_schedule, s.total_steps)
-    _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, s.ema_decay)
+    ema_decay = utils.get_ema_decay(s.ema_decay, step, s.ema_warmup)
+    _update_unless_overflowed(state, grads, gnorm, grad_scale, lr_t, step, ema_decay)
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), gnorm, lr_t
 
   return replica_step
@@ -382,6 +391,24 @@ def _loss_and_gradients(model, variables, batch, loss_scale):
     inv_scale = 1. / loss_scale.scale.read_value()
     grads = [g * inv_scale for g in grads]
   return loss, grads
+
+
+def _accumulated_loss_and_gradients(model, variables, batch, loss_scale, k):
+  """`_loss_and_gradients` as the mean over ``k`` equal micro-batches of ``batch``, taken one
+  after another (one micro-batch's activations in memory at a time): the same update as the
+  whole batch at once, up to float rounding and the random draws."""
+  if k == 1:
+    return _loss_and_gradients(model, variables, batch, loss_scale)
+  micro = tf.nest.map_structure(lambda t: tf.reshape(t, [k, -1, *t.shape[1:]]), batch)
+
+  def body(i, loss_sum, grad_sums):
+    part = tf.nest.map_structure(lambda t: t[i], micro)
+    loss, grads = _loss_and_gradients(model, variables, part, loss_scale)
+    return i + 1, loss_sum + loss, [a + tf.cast(g, a.dtype) for a, g in zip(grad_sums, grads)]
+
+  start = (tf.constant(0), tf.constant(0.), [tf.zeros(v.shape, v.dtype) for v in variables])
+  _, loss_sum, grad_sums = tf.while_loop(lambda i, *_: i < k, body, start)
+  return loss_sum / k, [g / k for g in grad_sums]
 
 
 def _reduce_and_clip(ctx, grads, clip_mode, grad_clip, num_replicas):
@@ -447,7 +474,8 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
                  max_steps=UNBOUNDED_STEPS, warm_start_from=None, save_checkpoints_secs=1600,
                  save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
                  allow_kwargs_mismatch=False, loss_scale=None, seed=None, max_seconds_per_loop=30.,
-                 lr_schedule='constant', log_fn=utils.log):
+                 lr_schedule='constant', ema_warmup=None, optimizer_options=(),
+                 grad_accumulation=1, log_fn=utils.log):
   """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
 
   The run lives in ``<log_dir>/<date_str or today>/<exp_name>``. An existing run is
@@ -455,8 +483,13 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   reshuffled). ``clip_mode='global'`` clips the all-reduced gradient at ``grad_clip``;
   ``'per_replica'`` reproduces the original TPU behaviour (§9.6: each replica's gradient of
   loss/num_replicas is clipped at grad_clip/num_replicas before summing).
-  ``lr_schedule='linear'`` anneals the rate to 0 at ``max_steps`` after the warmup
-  (`utils.get_lr`); the default ``'constant'`` is the original's.
+  ``lr_schedule='linear'`` (or diffusers' 'cosine', ...) anneals the rate to 0 at ``max_steps``
+  after the warmup (`utils.get_lr`); the default ``'constant'`` is the original's.
+  ``ema_warmup=(inv_gamma, power)`` raises the EMA decay towards ``ema_decay`` as diffusers'
+  `EMAModel` warm-up does (`utils.get_ema_decay`); None keeps the paper's fixed decay.
+  ``optimizer_options``: ((name, value), ...) of the optimizer, e.g. Adam's ``weight_decay``
+  (decoupled, as torch's AdamW) or ``beta1``. ``grad_accumulation=k`` takes each replica's
+  share of ``total_bs`` as k micro-batches, one after another, for one update.
   ``loss_scale='dynamic'`` (for float16 compute) scales the loss, unscales the gradients and
   skips overflowing steps (`DynamicLossScale`). ``seed`` (default None: unseeded, as the
   original) fixes the initial weights and, offset by the resumed step, the data order,
@@ -469,7 +502,9 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   """
   settings = TrainSettings(  # checks the values before any work
       optimizer=optimizer, lr=lr, warmup=warmup, grad_clip=grad_clip, total_bs=total_bs,
-      ema_decay=ema_decay, max_steps=max_steps, lr_schedule=lr_schedule, clip_mode=clip_mode,
+      ema_decay=ema_decay, ema_warmup=ema_warmup, max_steps=max_steps, lr_schedule=lr_schedule,
+      clip_mode=clip_mode, optimizer_options=tuple(dict(optimizer_options).items()),
+      grad_accumulation=grad_accumulation,
       loss_scale=loss_scale, seed=seed, keep_checkpoint_max=keep_checkpoint_max,
       save_checkpoints_secs=save_checkpoints_secs, save_every_steps=save_every_steps,
       iterations_per_loop=iterations_per_loop, summary_every=summary_every,
@@ -515,7 +550,10 @@ def _build_state(model_constructor, strategy, settings, log_fn):
     tf.random.set_seed(settings.seed)  # the initial weights
   with strategy.scope():
     model = model_constructor()
-    state = TrainState(model, settings.optimizer, settings.ema_decay, settings.loss_scale)
+    state = TrainState(model, settings.optimizer, settings.ema_decay, settings.loss_scale,
+                       dict(settings.optimizer_options))
+  if dict(settings.optimizer_options).get('weight_decay'):
+    log_fn('weight decay: the unfused optimizer step (the fused Adam+EMA kernel has none)')
   num_replicas = strategy.num_replicas_in_sync
   log_fn(f'num params: {sum(v.shape.num_elements() for v in state.variables):,} '
          f'in {len(state.variables)} variables; {num_replicas} replica(s), '

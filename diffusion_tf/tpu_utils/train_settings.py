@@ -26,6 +26,9 @@ class TrainSettings:
   grad_clip: float
   total_bs: int
   ema_decay: float = 0.9999
+  ema_warmup: tuple = None  # (inv_gamma, power): diffusers' EMA warm-up up to ema_decay
+  optimizer_options: tuple = ()  # ((name, value), ...): e.g. Adam's weight_decay, beta1
+  grad_accumulation: int = 1  # micro-batches per update (total_bs is the update's batch)
   max_steps: int = UNBOUNDED_STEPS
   lr_schedule: str = 'constant'
   clip_mode: str = 'global'
@@ -45,6 +48,12 @@ class TrainSettings:
     if self.loss_scale not in LOSS_SCALES:
       raise ValueError(f"loss_scale={self.loss_scale!r}; expected None or 'dynamic'")
     utils.check_lr_schedule(self.lr_schedule, self.total_steps)
+    if self.grad_accumulation < 1 or self.total_bs % self.grad_accumulation:
+      raise ValueError(f'grad_accumulation={self.grad_accumulation!r} must be >= 1 and divide '
+                       f'total_bs={self.total_bs}')
+    if self.ema_warmup is not None and not (len(self.ema_warmup) == 2 and self.ema_warmup[0] > 0
+                                            and self.ema_warmup[1] > 0):
+      raise ValueError(f'ema_warmup={self.ema_warmup!r}; expected (inv_gamma > 0, power > 0)')
 
   @property
   def total_steps(self):
