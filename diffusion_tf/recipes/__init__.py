@@ -30,7 +30,9 @@ def recipe_of_run(recorded):
 
   def overlap(recipe):
     flags = set(sum(recipe.flags('train'), ()))
-    return len(keys & flags) - len(flags - keys), recipe.data.dataset == recorded.get('dataset')
+    # --hf_* flags are recorded only when set: their absence says nothing about the script.
+    missing = flags - keys - set(HF_DATA_FLAGS)
+    return len(keys & flags) - len(missing), recipe.data.dataset == recorded.get('dataset')
 
   recipe = max(RECIPES.values(), key=overlap)
   return recipe.with_flags(recorded, 'train')
