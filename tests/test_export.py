@@ -49,7 +49,7 @@ def _run(script, argv, capsys):
     (['--quantize', 'int4'], '--quantize must be one of none, fp16, dynamic'),
     (['--quantize', 'fp16'], '--quantize fp16 applies to --format tflite'),
     (['--format', 'onnx', '--quantize', 'dynamic'], '--quantize dynamic applies to --format tflite'),
-    (['--sampler', 'euler'], '--sampler must be one of'),
+    (['--sampler', 'lcm'], '--sampler must be one of'),
     (['--sampler', 'ddim', '--order', '2'], '--order applies to'),
 ])
 def test_refusals_name_the_flag_and_write_nothing(argv, message, tmp_path, capsys):

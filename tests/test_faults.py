@@ -111,7 +111,7 @@ BAD_FLAGS = (
     + [('run_cifar', 'simple_eval', flag, value) for flag, value in (
         ('--mode', 'fid'), ('--total_bs', '0'), ('--max_batches', '0'))]
     + [(script, 'export', flag, value) for script in SCRIPTS for flag, value in (
-        ('--format', 'coreml'), ('--quantize', 'int4'), ('--sampler', 'euler'))]
+        ('--format', 'coreml'), ('--quantize', 'int4'), ('--sampler', 'lcm'))]
 )
 
 

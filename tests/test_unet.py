@@ -368,7 +368,7 @@ def test_input_validation(digits_net):
   with pytest.raises(ValueError):
     digits_net(tf.zeros([1, 16, 8, 3]), tf.constant([1]))  # not square
   with pytest.raises(ValueError):
-    digits_net(tf.zeros([1, 16, 16, 3]), tf.constant([1.]))  # float timesteps
+    digits_net(tf.zeros([1, 16, 16, 3]), tf.constant([True]))  # not a number (float t is allowed)
 
 
 def test_numpy_and_python_inputs_give_the_tensor_output(digits_net):

@@ -157,8 +157,8 @@ CASES = [
     ('scheduler-prediction-unknown', _edit_json('scheduler_config.json', prediction_type='v_prediction'),
      fmt.DiffusersFormatError, ["prediction_type='v_prediction' is not supported"],
      'diffusion_from_scheduler_config'),
-    ('scheduler-class-unknown', _edit_json('scheduler_config.json', _class_name='EulerDiscreteScheduler'),
-     fmt.DiffusersFormatError, ["'EulerDiscreteScheduler' is not supported"],
+    ('scheduler-class-unknown', _edit_json('scheduler_config.json', _class_name='LCMScheduler'),
+     fmt.DiffusersFormatError, ["'LCMScheduler' is not supported"],
      'settings_from_scheduler_config'),
     ('model-index-conditional-unet',
      _write('model_index.json', '{"_class_name": "StableDiffusionPipeline", '
