@@ -17,8 +17,8 @@ from .celebahq import CELEBAHQ
 from .cifar10 import CIFAR10
 from .digits import DIGITS
 from .lsun import LSUN
-from .recipe import (COMMON_DEFAULTS, REQUIRED, Data, Diffusion, Evaluation, Model,  # noqa: F401
-                     Recipe, Sampling, Train)
+from .recipe import (COMMON_DEFAULTS, REQUIRED, Data, Diffusion, Editing, Evaluation,  # noqa: F401
+                     Model, Recipe, Sampling, Train)
 
 RECIPES = {r.name: r for r in (CIFAR10, CELEBAHQ, LSUN, DIGITS)}
 

@@ -2,7 +2,8 @@
 (channel multipliers 1, 1, 2, 2, 4, 4), batch 64, lr 2e-5. Needs a manual TFDS download."""
 
 from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
-from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
+from .texts import (EDIT_COMMANDS, EDIT_DOCS, EVALUATION_FLAGS_HELP, EVALUATION_TAIL,
+                    SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL)
 
 CELEBAHQ = Recipe(
     name='celebahq',
@@ -14,6 +15,7 @@ CELEBAHQ = Recipe(
     evaluation=Evaluation(total_bs=128, num_inception_samples=2048,
                           tfds_data_dir='tensorflow_datasets'),
     commands={
+        **EDIT_COMMANDS,
         'train': 'exp_name tpu_name bucket_name_prefix model_name dataset optimizer total_bs '
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'loss_type dropout randflip block_size tfds_data_dir log_dir | region max_steps '
@@ -25,6 +27,7 @@ CELEBAHQ = Recipe(
         'sample': SAMPLE_FLAGS,
     },
     docs={
+        **EDIT_DOCS,
         'train': 'Trains the CelebA-HQ model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.',
