@@ -252,3 +252,37 @@ def test_v1_interpolation_is_the_originals_formula(data):
 def test_interpolation_refuses_t_outside_the_schedule(data, t):
   with pytest.raises(FlagError, match='--t'):
     editing.interpolate(v2(), fake_eps, x1=data[0][:1], x2=data[0][1:], lam=[0.], t=t)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+@pytest.mark.slow
+def test_repaint_pipeline_gives_diffusers_image(repaint_ref):
+  r = repaint_ref
+  unet = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google']).unet
+  config = {'_class_name': 'DDPMScheduler', 'num_train_timesteps': int(r['num_train_timesteps']),
+            'beta_start': 1e-4, 'beta_end': 0.02, 'beta_schedule': 'linear'}
+  pipe = pipelines.RePaintPipeline(unet, config)
+  out = pipe(r['image'], r['mask'], num_inference_steps=int(r['steps']), eta=.5,
+             jump_length=int(r['jump_length']), jump_n_sample=int(r['jump_n_sample']),
+             generator=ReplayNoise(r['eta05_noise']), output_type='np', progress=False).images
+  np.testing.assert_allclose(out, r['eta05_images'], atol=1e-4)
+  pil = pipe(r['image'], r['mask'], num_inference_steps=int(r['steps']), eta=.5,
+             jump_length=int(r['jump_length']), jump_n_sample=int(r['jump_n_sample']), seed=0,
+             progress=False).images
+  assert len(pil) == 2 and pil[0].size == (8, 8)
+
+
+@pytest.mark.slow
+def test_pipeline_img2img_and_interpolate():
+  pipe = pipelines.DDIMPipeline.from_pretrained(FOLDERS['google'])
+  image = np.random.RandomState(0).randint(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+  same = pipe.img2img(image, strength=0., num_inference_steps=10, seed=0, output_type='np',
+                      progress=False).images
+  np.testing.assert_allclose(same, image / 255., atol=1 / 255.)
+  edited = pipe.img2img(image, strength=.5, num_inference_steps=10, seed=0, output_type='np',
+                        progress=False).images
+  assert edited.shape == (2, 8, 8, 3) and np.abs(edited - image / 255.).max() > 0.05
+  row = pipe.interpolate(image[:1], image[1:], t=5, num=3, seed=0, output_type='np',
+                         progress=False).images
+  assert row.shape == (3, 8, 8, 3)
