@@ -55,7 +55,7 @@ def repaint_ref():
   return dict(np.load(os.path.join(FIXTURES, 'repaint.npz')))
 
 
-@pytest.mark.parametrize('tag,eta', [('eta0', 0.), ('eta05', .5)])
+@pytest.mark.parametrize('tag,eta', [('eta0', 0.), pytest.param('eta05', .5, marks=pytest.mark.slow)])
 def test_repaint_follows_diffusers_step_by_step(repaint_ref, tag, eta):
   r = repaint_ref
   pipe = pipelines.DDPMPipeline.from_pretrained(FOLDERS['google'])
@@ -210,17 +210,17 @@ def test_strength_outside_0_1_is_refused(strength):
 
 # ----------------------------------------------------------------------------- interpolation
 
-@pytest.mark.parametrize('mix', ['slerp', 'lerp'])
+@pytest.mark.parametrize('mix', ['slerp', pytest.param('lerp', marks=pytest.mark.slow)])
 def test_interpolation_ends_are_the_reconstructions(data, mix):
   x0, _ = data
   d = v2()
   x1, x2 = x0[:1], x0[1:]
-  row = editing.interpolate(d, fake_eps, x1=x1, x2=x2, lam=[0., .5, 1.], t=20, mix=mix,
+  row = editing.interpolate(d, fake_eps, x1=x1, x2=x2, lam=[0., .5, 1.], t=8, mix=mix,
                             noise_fn=seeded(2)).numpy()
   gen = seeded(2)
   z = gen(x1.shape)
   for x, got in ((x1, row[0]), (x2, row[2])):
-    rec = editing.interpolate(d, fake_eps, x1=x, x2=x, lam=[0.], t=20, latent_noise=(z, z),
+    rec = editing.interpolate(d, fake_eps, x1=x, x2=x, lam=[0.], t=8, latent_noise=(z, z),
                               noise_fn=_after_one_draw(2)).numpy()
     np.testing.assert_allclose(got, rec[0], atol=1e-5)
   assert np.abs(row[1] - row[0]).max() > 1e-3
@@ -232,6 +232,7 @@ def _after_one_draw(seed):
   return gen
 
 
+@pytest.mark.slow
 def test_v1_interpolation_is_the_originals_formula(data):
   """The original: x_t of each image (its own noise), (1 - lam) x_t1 + lam x_t2, then p_sample
   from t down to 0."""
@@ -239,11 +240,11 @@ def test_v1_interpolation_is_the_originals_formula(data):
   d = v1()
   x1, x2 = x0[:1], x0[1:]
   z1, z2 = (np.random.RandomState(s).randn(*x1.shape).astype(np.float32) for s in (1, 2))
-  out = editing.interpolate(d, fake_eps, x1=x1, x2=x2, lam=[.3], t=9, mix='lerp',
+  out = editing.interpolate(d, fake_eps, x1=x1, x2=x2, lam=[.3], t=4, mix='lerp',
                             latent_noise=(z1, z2), noise_fn=seeded(4)).numpy()
-  x = 0.7 * d.q_sample(x1, 9, noise=z1) + 0.3 * d.q_sample(x2, 9, noise=z2)
+  x = 0.7 * d.q_sample(x1, 4, noise=z1) + 0.3 * d.q_sample(x2, 4, noise=z2)
   gen = seeded(4)
-  for t in range(9, -1, -1):
+  for t in range(4, -1, -1):
     x = d.p_sample(fake_eps, x=x, t=tf.fill([1], t), noise_fn=gen)
   np.testing.assert_allclose(out, x.numpy(), atol=1e-5)
 
