@@ -236,6 +236,14 @@ def _traced_body(body, i, loop_vars):
     _LOOP.step = previous
 
 
+def with_step_hook(body, step_hook):
+  """A one-sample loop ``body(i, x) -> (x,)`` followed by ``step_hook(i, x) -> x`` (see
+  `sampling.SamplerSettings.loop`); ``body`` itself for None."""
+  if step_hook is None:
+    return body
+  return lambda i, x: (step_hook(i, body(i, x)[0]),)
+
+
 def timestep_loop(num_steps, body, loop_vars):
   """``for i in reversed(range(num_steps)): loop_vars = body(i, *loop_vars)`` as a while loop.
 

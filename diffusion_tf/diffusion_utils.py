@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from . import inputs, nn
 from .diffusion_base import (BETA_SCHEDULES, DiffusionTables, get_beta_schedule, noise_like,
-                             normal_kl, timestep_loop)
+                             normal_kl, timestep_loop, with_step_hook)
 
 __all__ = ['GaussianDiffusion', 'get_beta_schedule', 'normal_kl', 'noise_like', 'BETA_SCHEDULES',
            'LOSS_TYPES']
@@ -89,19 +89,21 @@ class GaussianDiffusion(DiffusionTables):
     return model_mean + nonzero_mask * tf.exp(0.5 * model_log_variance) * noise
 
   def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal, x_T=None,
-                    clip_denoised=True):
-    """T ancestral steps from ``x_T`` (default: drawn from ``noise_fn`` first). Returns
-    [B, H, W, C], not clipped."""
+                    clip_denoised=True, step_hook=None):
+    """T ancestral steps from ``x_T`` (default: drawn from ``noise_fn`` first);
+    `sampling.SamplerSettings.loop` says what ``step_hook`` is. Returns [B, H, W, C], not
+    clipped."""
     shape = self._sample_shape(shape, 'p_sample_loop')
     x_T = () if x_T is None else (tf.convert_to_tensor(x_T, tf.float32),)
-    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn, clip_denoised),
-                              x_T)
+    return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn, clip_denoised,
+                                                    step_hook), x_T)
 
-  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, *x_T):
+  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, step_hook, *x_T):
     def body(i, img):
       return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn,
                             clip_denoised=clip_denoised),)
-    img, = timestep_loop(self.num_timesteps, body, (self._start(shape, noise_fn, x_T),))
+    img, = timestep_loop(self.num_timesteps, with_step_hook(body, step_hook),
+                         (self._start(shape, noise_fn, x_T),))
     assert img.shape == shape
     return img
 

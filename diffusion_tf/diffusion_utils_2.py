@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from . import nn, utils
 from .diffusion_base import (BETA_SCHEDULES, DiffusionTables, get_beta_schedule, normal_kl,
-                             timestep_loop)
+                             timestep_loop, with_step_hook)
 
 __all__ = ['GaussianDiffusion2', 'get_beta_schedule', 'normal_kl', 'BETA_SCHEDULES',
            'MODEL_MEAN_TYPES', 'MODEL_VAR_TYPES', 'LOSS_TYPES']
@@ -117,20 +117,23 @@ class GaussianDiffusion2(DiffusionTables):
     return (sample, pred_xstart) if return_pred_xstart else sample
 
   def p_sample_loop(self, denoise_fn, *, shape, noise_fn=tf.random.normal, x_T=None,
-                    clip_denoised=True, final_log_variance=None):
+                    clip_denoised=True, final_log_variance=None, step_hook=None):
     """T ancestral steps from ``x_T`` (default: drawn from ``noise_fn`` first); see `p_sample`
-    for ``final_log_variance``. Returns [B, H, W, C], not clipped."""
+    for ``final_log_variance``, `sampling.SamplerSettings.loop` for ``step_hook``. Returns
+    [B, H, W, C], not clipped."""
     shape = self._sample_shape(shape, 'p_sample_loop')
     x_T = () if x_T is None else (tf.convert_to_tensor(x_T, tf.float32),)
     return self._run_compiled(self._p_sample_loop, (denoise_fn, shape, noise_fn, clip_denoised,
-                                                    final_log_variance), x_T)
+                                                    final_log_variance, step_hook), x_T)
 
-  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, final_log_variance, *x_T):
+  def _p_sample_loop(self, denoise_fn, shape, noise_fn, clip_denoised, final_log_variance, step_hook,
+                     *x_T):
     def body(i, img):
       return (self.p_sample(denoise_fn=denoise_fn, x=img, t=tf.fill([shape[0]], i), noise_fn=noise_fn,
                             clip_denoised=clip_denoised, return_pred_xstart=False,
                             final_log_variance=final_log_variance),)
-    img, = timestep_loop(self.num_timesteps, body, (self._start(shape, noise_fn, x_T),))
+    img, = timestep_loop(self.num_timesteps, with_step_hook(body, step_hook),
+                         (self._start(shape, noise_fn, x_T),))
     assert img.shape == shape
     return img
 

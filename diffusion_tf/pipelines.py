@@ -19,7 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import diffusers_format as fmt, nn, sampling, utils
+from . import diffusers_format as fmt, editing, interop, nn, sampling, utils
 from .checkpoints import save_tf1_checkpoint  # noqa: F401  (public here before)
 from .loading import (MODEL_INDEX, PretrainedModel, download, inspect_model,  # noqa: F401
                       load_diffusers_folder, load_pretrained, load_run_dir, load_tf1_checkpoint,
@@ -308,6 +308,63 @@ class Pipeline:
     return exporting.export(model, settings, out, format=format, quantize=quantize,
                             overwrite=overwrite, source=pipe.pipeline_class)[0]
 
+  # -- editing (`editing`): the pipeline's model and noise source, its own compiled loops
+
+  def _edit(self, key, edit, tensors, *, seed, generator, total, output_type, progress):
+    """Runs ``edit(denoise, noise_fn, *tensors)`` compiled (kept under ``key`` and the noise
+    source), with a progress bar of ``total`` network evaluations; returns `_output`."""
+    if output_type not in OUTPUT_TYPES:
+      raise ValueError(f'output_type must be one of {OUTPUT_TYPES}, got {output_type!r}')
+    noise, noise_key = self._noise_source(seed, generator)
+    tensors = [tf.convert_to_tensor(t, tf.float32) for t in tensors]
+    key = (key, tuple(tuple(t.shape) for t in tensors), noise_key)
+    loop = self._loops.get(key)
+    if loop is None:
+      denoise = self._progress.wrap(self._denoise)
+      noise_fn = lambda shape, dtype=tf.float32: noise.normal(shape, dtype=dtype)
+      with nn.constant_weights():
+        loop = tf.function(lambda *ts: edit(denoise, noise_fn, *ts)).get_concrete_function(
+            *[tf.TensorSpec(t.shape, tf.float32) for t in tensors])
+      self._loops[key] = loop
+      while len(self._loops) > self._MAX_LOOPS:
+        self._loops.popitem(last=False)
+    if progress:
+      from tqdm.auto import tqdm
+      self._progress.bar = tqdm(total=total, desc=type(self).__name__)
+    try:
+      x = loop(*tensors).numpy()
+    finally:
+      if self._progress.bar is not None:
+        self._progress.bar.close()
+      self._progress.bar = None
+    if isinstance(generator, tf.random.Generator):
+      generator.reset(noise.state)
+    return _output(x, output_type)
+
+  def img2img(self, image, strength=0.8, num_inference_steps=None, *, seed=None, generator=None,
+              output_type='pil', progress=True, **options):
+    """SDEdit (`editing.img2img`) of ``image`` (PIL image(s), uint8 or [-1, 1] float
+    [N, H, W, C]) with this pipeline's sampler: ``strength`` 0 returns it, 1 starts from
+    q(x_T | x_0)."""
+    settings = self._settings(num_inference_steps, options)
+    k = editing.strength_steps(settings, strength)
+    settings.check_start(k or None)
+    x0 = _image_array(image, self.image_shape)
+    return self._edit(('img2img', settings, float(strength)), lambda denoise, noise_fn, x: editing.img2img(
+        settings, self.diffusion, denoise, x0=x, strength=strength, noise_fn=noise_fn), [x0],
+        seed=seed, generator=generator, total=k, output_type=output_type, progress=progress)
+
+  def interpolate(self, image1, image2, t=500, num=8, mix='slerp', *, seed=None, generator=None,
+                  output_type='pil', progress=True):
+    """``num`` images between two images (`editing.interpolate`: diffused to step ``t`` with
+    one noise, mixed at lambda = 0 .. 1, decoded by the ancestral sampler)."""
+    editing.check_timestep(t, self.diffusion.num_timesteps)
+    x1, x2 = (_image_array(i, self.image_shape)[:1] for i in (image1, image2))
+    lam = np.linspace(0., 1., int(num))
+    return self._edit(('interpolate', int(t), int(num), mix), lambda denoise, noise_fn, a, b: editing.interpolate(
+        self.diffusion, denoise, x1=a, x2=b, lam=lam, t=int(t), mix=mix, noise_fn=noise_fn), [x1, x2],
+        seed=seed, generator=generator, total=int(t) + 1, output_type=output_type, progress=progress)
+
 
 @dataclasses.dataclass
 class _PipelineModel:
@@ -316,6 +373,28 @@ class _PipelineModel:
   diffusion: object
   image_shape: tuple
   denoise: object
+
+
+
+def _image_array(image, shape, *, mask=False):
+  """[N, H, W, C] float32 from PIL image(s) or an array (uint8, or floats: images in [-1, 1],
+  masks in [0, 1]); masks as diffusers reads them: grey, >= 0.5 keeps."""
+  images = image if isinstance(image, (list, tuple)) else [image]
+  if hasattr(images[0], 'convert'):  # PIL
+    arr = np.stack([np.asarray(i.convert('L' if mask or shape[-1] == 1 else 'RGB')) for i in images])
+    arr = arr[..., None] if arr.ndim == 3 else arr
+  else:
+    arr = np.asarray(image)
+    arr = arr[None] if arr.ndim == 3 else arr
+  if mask:
+    if arr.dtype == np.uint8:
+      return interop.binary_masks(arr).astype(np.float32)
+    return (arr.mean(axis=-1, keepdims=True) >= 0.5).astype(np.float32)
+  if arr.dtype == np.uint8:
+    arr = interop.fit_images(arr, shape, flag='image').astype(np.float32) / 127.5 - 1.
+  if tuple(arr.shape[1:]) != tuple(shape):
+    raise ValueError(f'images must be [N, {", ".join(map(str, shape))}], got {arr.shape}')
+  return arr.astype(np.float32)
 
 
 def _output(x, output_type):
@@ -351,6 +430,29 @@ class PNDMPipeline(Pipeline):
   scheduler_class = 'PNDMScheduler'
   pipeline_class = 'PNDMPipeline'
   default_steps = 50
+
+
+class RePaintPipeline(Pipeline):
+  """RePaint inpainting as diffusers' RePaintPipeline + RePaintScheduler (`editing.repaint_loop`):
+  ``pipe(image, mask_image, num_inference_steps=250, eta=0., jump_length=10, jump_n_sample=10,
+  seed= / generator=, output_type=)``; the mask's white (1) keeps, black (0) is filled. The
+  noise schedule is the model's (its scheduler config is kept as it is)."""
+  pipeline_class = 'RePaintPipeline'
+  default_steps = 250
+
+  def __call__(self, image, mask_image, num_inference_steps=250, eta=0., jump_length=10,
+               jump_n_sample=10, *, seed=None, generator=None, output_type='pil', progress=True):
+    x0 = _image_array(image, self.image_shape)
+    mask = _image_array(mask_image, self.image_shape[:2] + (1,), mask=True)
+    kw = dict(steps=int(num_inference_steps), jump_length=int(jump_length),
+              jump_n_sample=int(jump_n_sample), eta=float(eta))
+    editing.repaint_plan(self.diffusion, **kw)  # refuses bad values before tracing
+    d = self.diffusion
+    return self._edit(('repaint', tuple(sorted(kw.items()))), lambda denoise, noise_fn, x, m: editing.repaint_loop(
+        d, denoise, x0=x, mask=m, noise_fn=noise_fn, **kw), [x0, mask], seed=seed,
+        generator=generator, total=editing.repaint_evaluations(d.num_timesteps, kw['steps'],
+                                                               kw['jump_length'], kw['jump_n_sample']),
+        output_type=output_type, progress=progress)
 
 
 PIPELINES = {'ddpm': DDPMPipeline, 'ddim': DDIMPipeline, 'pndm': PNDMPipeline}

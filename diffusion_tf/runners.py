@@ -1,4 +1,5 @@
-"""The bodies of the scripts' commands: ``train``, ``sample``, ``evaluation`` and ``simple_eval``.
+"""The bodies of the scripts' commands: ``train``, ``sample``, ``evaluation``, ``simple_eval`` and
+the editing commands ``inpaint``, ``img2img`` and ``interpolate`` (`editing`).
 
 Each takes the script's `recipes.Recipe` and ``flags``, the command's flag values by name (all
 of them, defaults filled in by `cli`), and returns None (what it did is in its summary line).
@@ -14,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import integrity, interop, loading, recipes, sampling, script_models, startup, utils
+from . import editing, integrity, interop, loading, recipes, sampling, script_models, startup, utils
 from .errors import FlagError
 from .loading import read_run_kwargs  # noqa: F401  (runners.read_run_kwargs, as before)
 from .tpu_utils import tpu_utils
@@ -162,14 +163,16 @@ def _check_free(out_prefix, overwrite):
       raise FileExistsError(f'{out_prefix}{ext} exists; pass another --out or --overwrite')
 
 
-def write_samples(out_prefix, samples, *, overwrite=False):
-  """Writes ``<out_prefix>.npz`` (uint8 ``samples`` [N, H, W, C]) and ``<out_prefix>.png`` (a grid)."""
-  images = utils.to_uint8(samples)
+def write_samples(out_prefix, samples, *, overwrite=False, grid=None, num_col=0):
+  """Writes ``<out_prefix>.npz`` (uint8 ``samples`` [N, H, W, C]; floats in [-1, 1] are
+  converted) and ``<out_prefix>.png`` (a grid of the samples, or of the uint8 ``grid`` images
+  with ``num_col`` columns)."""
+  images = samples if samples.dtype == np.uint8 else utils.to_uint8(samples)
   _check_free(out_prefix, overwrite)
   buf = io.BytesIO()
   np.savez(buf, samples=images)
   utils.atomic_write(out_prefix + '.npz', buf.getvalue(), overwrite=overwrite)
-  utils.save_tiled_imgs(out_prefix + '.png', images[:256])
+  utils.save_tiled_imgs(out_prefix + '.png', images[:256] if grid is None else grid, num_col=num_col)
   return images
 
 
@@ -388,5 +391,122 @@ def export(recipe, flags):
         f'({exporting.human_size(size)})')
 
 
+# ----------------------------------------------------------------------------- editing
+
+def _edit_model(recipe, flags):
+  model, _, prefix, step = loading.load_for_sampling(
+      recipe, model_dir=flags['model_dir'], ckpt=flags['ckpt'], pretrained=flags['pretrained'],
+      ema=flags['ema'], mixed_precision=flags['mixed_precision'])
+  startup.announce_devices(tf.distribute.get_strategy())
+  print(f'Loaded {"EMA" if flags["ema"] else "raw"} weights from {prefix} (step {step})')
+  return model
+
+
+def _edit_images(flags, model):
+  """(uint8 --images fitted to the model, the same in [-1, 1])."""
+  images = interop.fit_images(interop.read_images(flags['images']), model.image_shape,
+                              resize=flags['resize'])
+  return images, images.astype(np.float32) / 127.5 - 1.  # the data's scaling
+
+
+def _grid_rows(*rows, limit=16):
+  """The first ``limit`` images of each row, stacked row after row (all with the rows' channels)."""
+  C = rows[0].shape[-1]
+  return np.concatenate([np.repeat(r[:limit], C // r.shape[-1], axis=-1) for r in rows])
+
+
+def _inpaint_edit(flags, model):
+  """(edit function, its description, network evaluations per image), validated."""
+  d = model.diffusion
+  if flags['method'] == 'repaint':
+    kw = dict(steps=flags['steps'], jump_length=flags['jump_length'],
+              jump_n_sample=flags['jump_n_sample'], eta=flags['eta'])
+    editing.repaint_plan(d, **kw)
+    evals = editing.repaint_evaluations(d.num_timesteps, flags['steps'], flags['jump_length'],
+                                        flags['jump_n_sample'])
+    how = (f'RePaint with {flags["steps"]} steps, jumps of {flags["jump_length"]} x '
+           f'{flags["jump_n_sample"]}, eta={flags["eta"]}')
+    return (lambda noise_fn, x0, m: editing.repaint_loop(d, model.denoise, x0=x0, mask=m,
+                                                         noise_fn=noise_fn, **kw)), how, evals
+  settings = sampling.SamplerSettings.resolve(
+      flags['sampler'], d.num_timesteps, steps=flags['steps'], eta=flags['eta'],
+      spacing=flags['spacing'], order=flags['order'])
+  settings.levels_after_steps(d)  # refuses a sampler that cannot replace, before any work
+  return (lambda noise_fn, x0, m: editing.replace_loop(settings, d, model.denoise, x0=x0, mask=m,
+                                                       noise_fn=noise_fn),
+          f'replacement on {settings.describe()}', settings.num_evaluations)
+
+
+def inpaint(recipe, flags):
+  """The ``inpaint`` command: RePaint (or replacement) of the --masks' black pixels."""
+  masks = interop.binary_masks(interop.read_images(flags['masks'], '--masks'),
+                               invert=flags['invert_mask'])
+  interop.check_masks(masks, interop.read_images(flags['images']))  # before loading the model
+  model = _edit_model(recipe, flags)
+  images, x0 = _edit_images(flags, model)
+  masks = interop.check_masks(interop.fit_images(masks, model.image_shape[:2] + (1,), flag='--masks',
+                                                 resize=flags['resize'], nearest=True), images)
+  edit, how, evals = _inpaint_edit(flags, model)
+  out = flags['out'] or 'inpainted'
+  _check_free(out, flags['overwrite'])
+  result = editing.EditRunner(edit)([x0, masks.astype(np.float32)], flags['batch_size'],
+                                    flags['seed'], desc='inpaint')
+  final = editing.compose(utils.to_uint8(result), images, masks)
+  write_samples(out, final, overwrite=flags['overwrite'], num_col=min(len(images), 16),
+                grid=_grid_rows(images, masks * 255, final))
+  print(f'Inpainted {len(images)} images ({how}; {evals} network evaluations per image): '
+        f'{int((masks == 0).sum())} of {masks.size} pixels repainted; wrote {out}.npz and '
+        f'{out}.png' + _recognised(recipe.sampling.recognise, final))
+
+
+def img2img(recipe, flags):
+  """The ``img2img`` command: SDEdit of --images at --strength with any sampler."""
+  model = _edit_model(recipe, flags)
+  images, x0 = _edit_images(flags, model)
+  d = model.diffusion
+  settings = sampling.SamplerSettings.resolve(
+      flags['sampler'], d.num_timesteps, steps=flags['steps'], eta=flags['eta'],
+      spacing=flags['spacing'], order=flags['order'])
+  k = editing.strength_steps(settings, flags['strength'])
+  settings.check_start(k or None)
+  out = flags['out'] or 'img2img'
+  _check_free(out, flags['overwrite'])
+  result = editing.EditRunner(
+      lambda noise_fn, x: editing.img2img(settings, d, model.denoise, x0=x, strength=flags['strength'],
+                                          noise_fn=noise_fn))([x0], flags['batch_size'], flags['seed'],
+                                                              desc='img2img')
+  final = utils.to_uint8(result) if k else images
+  write_samples(out, final, overwrite=flags['overwrite'], num_col=min(len(images), 16),
+                grid=_grid_rows(images, final))
+  print(f'Edited {len(images)} images (strength {flags["strength"]}: the last {k} steps of '
+        f'{settings.describe()}); wrote {out}.npz and {out}.png'
+        + _recognised(recipe.sampling.recognise, final))
+
+
+def interpolate(recipe, flags):
+  """The ``interpolate`` command: a row of --num images between each pair of --images."""
+  model = _edit_model(recipe, flags)
+  images, x0 = _edit_images(flags, model)
+  d = model.diffusion
+  editing.check_timestep(flags['t'], d.num_timesteps)
+  if len(images) % 2:
+    raise FlagError(f'--images: interpolate takes pairs of images, got {len(images)}')
+  out = flags['out'] or 'interpolated'
+  _check_free(out, flags['overwrite'])
+  lam = np.linspace(0., 1., flags['num'])
+  rows = editing.EditRunner(
+      lambda noise_fn, a, b: editing.interpolate(d, model.denoise, x1=a, x2=b, lam=lam, t=flags['t'],
+                                                 mix=flags['mix'], noise_fn=noise_fn))(
+      [x0[0::2], x0[1::2]], 1, flags['seed'], desc='interpolate')
+  final = utils.to_uint8(rows)
+  n = flags['num']
+  grid = np.concatenate([np.concatenate([images[2 * i:2 * i + 1], final[i * n:(i + 1) * n],
+                                         images[2 * i + 1:2 * i + 2]]) for i in range(len(images) // 2)])
+  write_samples(out, final, overwrite=flags['overwrite'], grid=grid, num_col=n + 2)
+  print(f'Interpolated {len(images) // 2} pairs at t={flags["t"]} ({flags["mix"]}, {n} images '
+        f'each, {flags["t"] + 1} network evaluations per image); wrote {out}.npz and {out}.png')
+
+
 COMMANDS = {'train': train_command, 'sample': sample, 'evaluation': evaluation,
-            'simple_eval': simple_eval, 'inspect': inspect_command, 'export': export}
+            'simple_eval': simple_eval, 'inspect': inspect_command, 'export': export,
+            'inpaint': inpaint, 'img2img': img2img, 'interpolate': interpolate}

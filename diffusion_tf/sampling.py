@@ -26,6 +26,7 @@ the pipelines keep their compiled loops.
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import time
 from typing import Callable, Optional
@@ -125,7 +126,7 @@ def _pred_xstart(diffusion, denoise_fn, x, t, clip_denoised):
 
 
 def ddim_sample_loop(diffusion, denoise_fn, *, shape, timesteps=None, eta=0.,
-                     noise_fn=tf.random.normal, clip_denoised=True, x_T=None):
+                     noise_fn=tf.random.normal, clip_denoised=True, x_T=None, step_hook=None):
   """DDIM sampling over increasing ``timesteps`` (default: all T). Returns [B, H, W, C].
 
   With a clipped x0 prediction the noise estimate is recomputed from it, so that
@@ -135,17 +136,19 @@ def ddim_sample_loop(diffusion, denoise_fn, *, shape, timesteps=None, eta=0.,
   ac = diffusion.alphas_cumprod[timesteps]
   return _ddim_run(diffusion, denoise_fn, shape=shape, timesteps=timesteps, ac=ac,
                    ac_prev=np.append(1., ac[:-1]), eta=eta, noise_fn=noise_fn,
-                   clip_denoised=clip_denoised, recompute_eps=True, x_T=x_T)
+                   clip_denoised=clip_denoised, recompute_eps=True, x_T=x_T, step_hook=step_hook)
 
 
 def diffusers_ddim_sample_loop(diffusion, denoise_fn, *, shape, steps, spacing='leading',
                                steps_offset=0, set_alpha_to_one=True, clip_sample=True, eta=0.,
-                               use_clipped_model_output=False, x_T=None, noise_fn=tf.random.normal):
+                               use_clipped_model_output=False, x_T=None, noise_fn=tf.random.normal,
+                               start=None, step_hook=None):
   """DDIM as diffusers' ``DDIMScheduler`` + ``DDIMPipeline`` (defaults are theirs):
   timesteps `diffusers_timesteps` (decreasing), each step going to ``t - T // steps`` (below 0:
   alpha_cumprod 1 with ``set_alpha_to_one``, else alpha_cumprod[0]); x0 clipped to [-1, 1] with
   ``clip_sample`` and the raw eps kept unless ``use_clipped_model_output``. ``steps`` network
-  evaluations; deterministic given ``x_T`` when ``eta == 0``. Returns [B, H, W, C].
+  evaluations; deterministic given ``x_T`` when ``eta == 0``. ``start=k``: the last k steps
+  only. Returns [B, H, W, C].
   """
   T = diffusion.num_timesteps
   dec = diffusers_timesteps(T, steps, spacing, steps_offset, scheduler='ddim')
@@ -153,26 +156,27 @@ def diffusers_ddim_sample_loop(diffusion, denoise_fn, *, shape, steps, spacing='
   final = 1. if set_alpha_to_one else diffusion.alphas_cumprod[0]
   ac_prev = np.where(prev >= 0, diffusion.alphas_cumprod[np.maximum(prev, 0)], final)
   inc = slice(None, None, -1)  # the loop runs over increasing timesteps, from the end
-  return _ddim_run(diffusion, denoise_fn, shape=shape, timesteps=dec[inc],
-                   ac=diffusion.alphas_cumprod[dec][inc], ac_prev=ac_prev[inc], eta=eta,
+  cut = slice(None, start)
+  return _ddim_run(diffusion, denoise_fn, shape=shape, timesteps=dec[inc][cut],
+                   ac=diffusion.alphas_cumprod[dec][inc][cut], ac_prev=ac_prev[inc][cut], eta=eta,
                    noise_fn=noise_fn, clip_denoised=clip_sample,
-                   recompute_eps=use_clipped_model_output, x_T=x_T)
+                   recompute_eps=use_clipped_model_output, x_T=x_T, step_hook=step_hook)
 
 
 def _ddim_run(diffusion, denoise_fn, *, shape, timesteps, ac, ac_prev, eta, noise_fn, clip_denoised,
-              recompute_eps, x_T):
+              recompute_eps, x_T, step_hook=None):
   shape = tuple(shape)
   if x_T is None:
     x_T = noise_fn(shape=shape, dtype=tf.float32)
   floats = lambda a: tuple(float(v) for v in a)
   return diffusion._run_compiled(
       _ddim_impl, (diffusion, denoise_fn, shape, tuple(int(s) for s in timesteps), floats(ac),
-                   floats(ac_prev), float(eta), noise_fn, clip_denoised, recompute_eps),
+                   floats(ac_prev), float(eta), noise_fn, clip_denoised, recompute_eps, step_hook),
       (tf.convert_to_tensor(x_T, tf.float32),))
 
 
 def _ddim_impl(diffusion, denoise_fn, shape, timesteps, ac, ac_prev, eta, noise_fn, clip_denoised,
-               recompute_eps, x_T):
+               recompute_eps, step_hook, x_T):
   seq = np.asarray(timesteps, np.int64)
   ac, ac_prev = np.asarray(ac), np.asarray(ac_prev)
   sigma = eta * np.sqrt((1. - ac_prev) / (1. - ac) * (1. - ac / ac_prev))
@@ -195,7 +199,7 @@ def _ddim_impl(diffusion, denoise_fn, shape, timesteps, ac, ac_prev, eta, noise_
     x_prev = g('sqrt_ac_prev') * x0 + g('dir_coef') * eps
     if eta > 0:
       x_prev += g('sigma') * noise_fn(shape=shape, dtype=x.dtype)
-    return (x_prev,)
+    return (x_prev if step_hook is None else step_hook(i, x_prev),)
 
   x, = timestep_loop(len(seq), body, (x_T,))
   return x
@@ -247,6 +251,10 @@ class SamplerEntry:
     return fmt.SCHEDULER_DEFAULTS[self.scheduler_class]
 
 
+_NO_HOOK = ('cannot run a per-step replacement (it keeps a history of earlier outputs, which '
+            'would mix replaced and unreplaced samples)')
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
   """A sampler with all its options resolved against a diffusion of ``num_timesteps`` steps.
@@ -260,13 +268,12 @@ class SamplerSettings:
   Make one with `resolve` (the scripts' flags, validated as they are) or
   `settings_from_scheduler_config` (a diffusers scheduler config).
 
-  What later samplers need of this shape (not implemented): starting at (t, x_t) (a ``start``
-  field cutting ``timesteps``), a per-step hook (an ``on_step`` loop argument, like the
-  pipelines' progress tick around the denoiser), float timesteps (done for the sigma family:
-  their plans hold the network's fractional timesteps; the loops gather their tables by index,
-  not by timestep) and stochastic samplers
-  whose noise replays (already so: every loop draws all its noise from ``noise_fn``, which the
-  callers back with one `tf.random.Generator` reset from a seed).
+  What later samplers need of this shape: starting at (t, x_t) and a per-step hook (done:
+  `loop`'s ``start`` and ``step_hook``, taken by the loops that name them), stochastic samplers
+  whose noise replays (done: every loop draws all its noise from ``noise_fn``, which the callers
+  back with one `tf.random.Generator` reset from a seed) and float timesteps (done for the sigma
+  family: their plans hold the network's fractional timesteps; the loops gather their tables by
+  index, not by timestep).
   """
   name: str
   num_timesteps: int
@@ -325,13 +332,67 @@ class SamplerSettings:
     """Network evaluations per sample."""
     return len(self.timesteps)
 
-  def loop(self, diffusion, denoise_fn, *, shape, x_T=None, noise_fn=tf.random.normal):
+  def loop(self, diffusion, denoise_fn, *, shape, x_T=None, noise_fn=tf.random.normal, start=None,
+           step_hook=None):
     """Samples float32 [B, H, W, C] (``shape``) from ``x_T`` (default: drawn from ``noise_fn``
-    first), all later noise from ``noise_fn``. Compiled per call when called eagerly."""
+    first), all later noise from ``noise_fn``. Compiled per call when called eagerly.
+
+    ``start=k`` runs only the last k of the sampler's steps (the k lowest timesteps), from
+    ``x_T`` taken as the sample at `start_timestep` (k): image-to-image starts there. A
+    multistep solver then starts afresh (its first steps of lower order), as a diffusers
+    scheduler given a begin index. ``step_hook(i, x) -> x`` is called inside the loop after
+    each step, with ``i`` the int32 loop index counting down to 0 (the last step) and x at the
+    noise level `levels_after_steps` ()[i]: inpainting by replacement uses it."""
     if diffusion.num_timesteps != self.num_timesteps:
       raise ValueError(f'settings for {self.num_timesteps} steps, diffusion of {diffusion.num_timesteps}')
+    extra = {}
+    if self.check_start(start):
+      extra['start'] = int(start)
+    if step_hook is not None:
+      self._check_takes('step_hook', _NO_HOOK)
+      extra['step_hook'] = step_hook
     return self.entry.loop(self, diffusion, denoise_fn, shape=tuple(shape), x_T=x_T,
-                           noise_fn=noise_fn)
+                           noise_fn=noise_fn, **extra)
+
+  def check_start(self, start):
+    """True for a part-way ``start`` (fewer than all steps); a FlagError for one this sampler
+    cannot make, before any work."""
+    if start is None or self._check_start(start) == self.num_steps:
+      return False
+    self._check_takes('start', 'cannot start part-way (its first steps are a warm-up)')
+    return True
+
+  def _check_takes(self, keyword, why):
+    if keyword not in inspect.signature(self.entry.loop).parameters:
+      raise FlagError(f'--sampler {self.name} {why}; use {" or ".join(self.takers(keyword))}')
+
+  @staticmethod
+  def takers(keyword):
+    """The samplers whose loop takes ``keyword`` ('start', 'step_hook')."""
+    return [n for n, e in REGISTRY.items() if keyword in inspect.signature(e.loop).parameters]
+
+  def _check_start(self, start):
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 1 <= start <= self.num_steps:
+      raise ValueError(f'start must be between 1 and the {self.num_steps} steps, got {start!r}')
+    return int(start)
+
+  @property
+  def num_steps(self):
+    """The sampler's steps (distinct timesteps it evaluates the network at)."""
+    return len(np.unique(self.timesteps))
+
+  def start_timestep(self, start):
+    """The timestep of the first step a loop with ``start=start`` runs (its input's noise level)."""
+    return int(np.sort(np.unique(self.timesteps))[self._check_start(start) - 1])
+
+  def levels_after_steps(self, diffusion):
+    """float64 alpha_cumprod of the sample after each step, by loop index (index 0, the last
+    step: 1, the clean image), for the samplers that take a ``step_hook`` on our (or every)
+    step placement."""
+    self._check_takes('step_hook', _NO_HOOK)
+    if self.spacing not in SPACINGS and self.steps is not None:
+      raise FlagError(f'a per-step replacement takes --spacing {" or ".join(SPACINGS)}, not {self.spacing}')
+    return np.append(1., diffusion.alphas_cumprod[self.timesteps[:-1]])
 
   def describe(self):
     """One line for the logs: ``ddim with 50 of 1000 steps (uniform spacing), eta=0.0``."""
@@ -434,7 +495,7 @@ def _ddpm_timesteps(s):
                              scheduler='ddpm')[::-1]
 
 
-def _ddpm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+def _ddpm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn, start=None, step_hook=None):
   """Ancestral sampling, strided (respaced betas over ``s.timesteps``) for fewer steps.
 
   The scripts' strided sampler (spacing in `SPACINGS`) ends on the respaced process's step 0
@@ -443,23 +504,26 @@ def _ddpm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
   fixed_large, the posterior's (0, held at 1e-20) for fixed_small. For 'leading' spacing
   without offset (google/ddpm-cifar10-32) the two are the same sampler."""
   kw = dict(shape=shape, noise_fn=noise_fn, x_T=x_T, clip_denoised=s.clip_sample)
-  if s.steps is None:
+  if step_hook is not None:
+    kw['step_hook'] = step_hook
+  if s.steps is None and start is None:
     return diffusion.p_sample_loop(denoise_fn, **kw)
-  new, wrap = respace(diffusion, s.timesteps)
+  new, wrap = respace(diffusion, s.timesteps[:start])  # the first `start` betas are the same
   if s.spacing in DIFFUSERS_SPACINGS and s.timesteps[0] > 0:
     large = getattr(diffusion, 'model_var_type', None) == 'fixedlarge'
     kw['final_log_variance'] = float(np.log(new.betas[0] if large else 1e-20))
   return new.p_sample_loop(wrap(denoise_fn), **kw)
 
 
-def _ddim_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+def _ddim_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn, start=None, step_hook=None):
   if s.spacing in SPACINGS:  # the scripts' DDIM
-    return ddim_sample_loop(diffusion, denoise_fn, shape=shape, timesteps=s.timesteps, eta=s.eta,
-                            noise_fn=noise_fn, clip_denoised=s.clip_sample, x_T=x_T)
+    return ddim_sample_loop(diffusion, denoise_fn, shape=shape, timesteps=s.timesteps[:start],
+                            eta=s.eta, noise_fn=noise_fn, clip_denoised=s.clip_sample, x_T=x_T,
+                            step_hook=step_hook)
   return diffusers_ddim_sample_loop(
       diffusion, denoise_fn, shape=shape, steps=s.steps or s.num_timesteps, spacing=s.spacing,
       steps_offset=s.steps_offset, set_alpha_to_one=s.set_alpha_to_one, clip_sample=s.clip_sample,
-      eta=s.eta, x_T=x_T, noise_fn=noise_fn)
+      eta=s.eta, x_T=x_T, noise_fn=noise_fn, start=start, step_hook=step_hook)
 
 
 def _pndm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
@@ -470,11 +534,22 @@ def _pndm_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
 
 
 def _multistep_loop(solver, **fixed):
-  def loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+  """The registry's loop for a plan-driven solver; it takes ``start`` (image-to-image) when the
+  solver can begin part-way (its plan takes ``first``)."""
+  def run(s, diffusion, denoise_fn, shape, x_T, noise_fn, **extra):
     return solver(diffusion, denoise_fn, shape=shape, steps=s.steps, order=s.order,
                   spacing=s.spacing, steps_offset=s.steps_offset, x_T=x_T, noise_fn=noise_fn,
-                  **dict(s.options), **fixed)
-  return loop
+                  **dict(s.options), **fixed, **extra)
+
+  if 'first' not in inspect.signature(solver).parameters:
+    def loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):
+      return run(s, diffusion, denoise_fn, shape, x_T, noise_fn)
+    return loop
+
+  def loop_from(s, diffusion, denoise_fn, *, shape, x_T, noise_fn, start=None):
+    return run(s, diffusion, denoise_fn, shape, x_T, noise_fn,
+               first=0 if start is None else s.steps - start)
+  return loop_from
 
 
 def _sa_solver_loop(s, diffusion, denoise_fn, *, shape, x_T, noise_fn):

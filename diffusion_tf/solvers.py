@@ -252,7 +252,7 @@ def pndm_plan(alphas_cumprod, *, steps, skip_prk_steps, spacing, steps_offset, s
 def _pndm_impl(diffusion, denoise_fn, shape, frozen, options, x_T):
   del options
   tb = _tables(frozen)
-  n, B = len(tb['t']), shape[0]
+  n, B = int(tb['t'].shape[0]), shape[0]
   zeros = tf.zeros_like(x_T)
 
   def body(i, x, cur, acc, e1, e2, e3, e4):
@@ -311,11 +311,12 @@ def _alpha_sigma_lambda(sig):
 
 def dpm_solver_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offset=0,
                     solver_type='midpoint', lower_order_final=True, use_lu_lambdas=False,
-                    algorithm_type='dpmsolver++'):
+                    algorithm_type='dpmsolver++', first=0):
   """Per-evaluation coefficients of DPMSolverMultistepScheduler (``algorithm_type``
   'dpmsolver++' or 'sde-dpmsolver++', final_sigmas_type='zero'): row k maps (x, x0 history h1
   (newest, this step's), h2, h3) to the next sample: ``x <- px[k] * x + ph[k] . (h1, h2, h3)``,
-  plus ``pn[k] * z`` with fresh standard normal noise z for the SDE variant."""
+  plus ``pn[k] * z`` with fresh standard normal noise z for the SDE variant. ``first``: the
+  rows from that step on, the solver starting there with no history (`_from_step`)."""
   if order not in SOLVER_ORDERS:
     raise FlagError(f'--order must be one of {SOLVER_ORDERS} for {algorithm_type}, got {order!r}')
   if solver_type not in ('midpoint', 'heun'):
@@ -327,8 +328,8 @@ def dpm_solver_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps
   alpha, sigma, lam = _alpha_sigma_lambda(sig)
   N = len(ts)
   px, ph, pn = np.zeros(N), np.zeros((N, 3)), np.zeros(N)
-  for k in range(N):
-    lower_nums = min(k, order)
+  for k in range(first, N):
+    lower_nums = min(k - first, order)
     final = k == N - 1  # final_sigmas_type 'zero': always first order into sigma 0
     second = k == N - 2 and lower_order_final and N < 15
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
@@ -354,7 +355,15 @@ def dpm_solver_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps
               cm=no_corrector)
   if sde:
     plan['pn'] = pn
-  return plan
+  return _from_step(plan, first)
+
+
+def _from_step(plan, first):
+  """A plan's rows from step ``first`` on (image-to-image starts a solver part-way, as
+  diffusers' img2img pipelines do: the solver's order warms up again from there)."""
+  if not 0 <= first < len(plan['t']):
+    raise ValueError(f'first={first}: a plan of {len(plan["t"])} steps')
+  return {k: v[first:] for k, v in plan.items()}
 
 
 def _dpm_weights(alpha_t, h, sde, solver_type):
@@ -403,12 +412,12 @@ def _unipc_coefficients(lam, k_from, k_to, order, hist_index, for_corrector):
 
 
 def unipc_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offset=0,
-               lower_order_final=True):
+               lower_order_final=True, first=0):
   """Per-evaluation coefficients of UniPCMultistepScheduler (bh2, predict_x0, corrector on
   every step, final_sigmas_type='zero'). Row k, after the network gives m = x0 at (x, t[k]):
   corrector ``x <- cx[k] * x + cl[k] * x_last + cm[k] . (m, h1, h2, h3)`` (history before m
   is pushed), then m is pushed, ``x_last <- x`` and the predictor
-  ``x <- px[k] * x + ph[k] . (h1, h2, h3)``."""
+  ``x <- px[k] * x + ph[k] . (h1, h2, h3)``. ``first`` as in `dpm_solver_plan`."""
   if order not in SOLVER_ORDERS:
     raise FlagError(f'--order must be one of {SOLVER_ORDERS} for unipc, got {order!r}')
   ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'unipc')
@@ -417,21 +426,22 @@ def unipc_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offs
   px, ph = np.zeros(N), np.zeros((N, 3))
   cx, cl, cm = np.ones(N), np.zeros(N), np.zeros((N, 4))
   prev_order = None
-  for k in range(N):
-    if k > 0:  # corrector from sigma[k-1] to sigma[k], with the order of the last predictor
+  for k in range(first, N):
+    if k > first:  # corrector from sigma[k-1] to sigma[k], with the order of the last predictor
       m0, hist, new = _unipc_coefficients(lam, k - 1, k, prev_order, lambda i: k - 1 - i, True)
       cx[k], cl[k] = 0., sigma[k] / sigma[k - 1]
       cm[k, 0] = alpha[k] * new
       cm[k, 1] = alpha[k] * m0
       cm[k, 2:2 + len(hist)] = alpha[k] * hist
     this_order = min(order, N - k) if lower_order_final else order
-    this_order = min(this_order, min(k, order) + 1)
+    this_order = min(this_order, min(k - first, order) + 1)
     m0, hist, _ = _unipc_coefficients(lam, k, k + 1, this_order, lambda i: k - i, False)
     px[k] = sigma[k + 1] / sigma[k]
     ph[k, 0] = alpha[k + 1] * m0
     ph[k, 1:1 + len(hist)] = alpha[k + 1] * hist
     prev_order = this_order
-  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=cx, cl=cl, cm=cm)
+  return _from_step(dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=cx, cl=cl, cm=cm),
+                    first)
 
 
 def _multistep_impl(diffusion, denoise_fn, shape, frozen, options, x_T):
@@ -444,7 +454,7 @@ def _multistep_impl(diffusion, denoise_fn, shape, frozen, options, x_T):
   opts = dict(options)
   threshold, noise_fn = opts['threshold'], opts.get('noise_fn')
   tb = _tables(frozen)
-  n, B = len(tb['t']), shape[0]
+  n, B = int(tb['t'].shape[0]), shape[0]
   depth = max(int(tb['ph'].shape[1]), int(tb['cm'].shape[1]) - 1)
   stochastic = 'pn' in tb
   zeros = tf.zeros_like(x_T)
@@ -492,7 +502,7 @@ def dpm_solver_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spac
                            steps_offset=0, solver_type='midpoint', lower_order_final=True,
                            use_lu_lambdas=False, thresholding=False, dynamic_thresholding_ratio=0.995,
                            sample_max_value=1., algorithm_type='dpmsolver++', x_T=None,
-                           noise_fn=tf.random.normal):
+                           noise_fn=tf.random.normal, first=0):
   """DPM-Solver++ multistep (Lu et al. 2022) as diffusers' ``DPMSolverMultistepScheduler`` with
   ``final_sigmas_type='zero'`` and the given options (defaults are diffusers').
   ``algorithm_type='dpmsolver++'`` solves the probability-flow ODE (``order`` 1 is DDIM, eta 0,
@@ -500,13 +510,13 @@ def dpm_solver_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spac
   drawing one noise tensor per step from ``noise_fn`` after ``x_T`` (as diffusers draws one per
   ``step``). ``steps`` network evaluations. ``thresholding`` applies `dynamic_threshold` to each
   x0 prediction (``sample_max_value=1``: clipping to [-1, 1]). Returns [B, H, W, C], the last
-  x0 prediction (not clipped unless thresholded).
+  x0 prediction (not clipped unless thresholded). ``first``: start at that step (`_from_step`).
   """
   _check_diffusion(diffusion)
   plan = dpm_solver_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
                          steps_offset=steps_offset, solver_type=solver_type,
                          lower_order_final=lower_order_final, use_lu_lambdas=use_lu_lambdas,
-                         algorithm_type=algorithm_type)
+                         algorithm_type=algorithm_type, first=first)
   return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
                         threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
                                                     sample_max_value))
@@ -522,7 +532,7 @@ def _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn, *, thresho
 def unipc_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='linspace',
                       steps_offset=0, lower_order_final=True, thresholding=False,
                       dynamic_thresholding_ratio=0.995, sample_max_value=1., x_T=None,
-                      noise_fn=tf.random.normal):
+                      noise_fn=tf.random.normal, first=0):
   """UniPC multistep (Zhao et al. 2023) as diffusers' ``UniPCMultistepScheduler`` (bh2,
   predict_x0, corrector on at every step, final_sigmas_type='zero'; defaults are diffusers').
   ``steps`` network evaluations: the corrector of step k reuses step k + 1's evaluation.
@@ -530,7 +540,7 @@ def unipc_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='
   """
   _check_diffusion(diffusion)
   plan = unipc_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
-                    steps_offset=steps_offset, lower_order_final=lower_order_final)
+                    steps_offset=steps_offset, lower_order_final=lower_order_final, first=first)
   return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn,
                         threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
                                                     sample_max_value))

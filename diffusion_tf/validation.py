@@ -151,6 +151,11 @@ RULES = {
     'max_batches': integer(1, optional=True), 'features': one_of(defined_in('runners', 'FEATURES')),
     'format': one_of(defined_in('export', 'FORMATS')), 'quantize': one_of(defined_in('export', 'QUANTIZATIONS')),
     'order': integer(1, optional=True),  # which orders a sampler takes: _order_and_spacing_fit_the_sampler
+    # editing (the model's number of steps bounds --t: checked by the command)
+    'images': path, 'masks': path, 'invert_mask': boolean, 'resize': boolean,
+    'method': one_of(defined_in('editing', 'METHODS')), 'jump_length': integer(1),
+    'jump_n_sample': integer(1), 'strength': number(at_least=0, at_most=1), 't': integer(0),
+    'num': integer(2), 'mix': one_of(defined_in('editing', 'MIXES')),
 }
 
 

@@ -15,9 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusion_tf import cli  # noqa: E402
 from diffusion_tf.recipes import CELEBAHQ  # noqa: E402  (the numbers: diffusion_tf/recipes/celebahq.py)
 
-train, sample, evaluation, inspect, export = cli.script_commands(
-    CELEBAHQ, 'train', 'sample', 'evaluation', 'inspect', 'export')
+(train, sample, evaluation, inspect, export,
+ inpaint, img2img, interpolate) = cli.script_commands(
+    CELEBAHQ, 'train', 'sample', 'evaluation', 'inspect', 'export', 'inpaint', 'img2img',
+    'interpolate')
 
 if __name__ == '__main__':
   cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'inspect': inspect,
-            'export': export})
+            'export': export, 'inpaint': inpaint, 'img2img': img2img, 'interpolate': interpolate})

@@ -16,9 +16,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusion_tf import cli  # noqa: E402
 from diffusion_tf.recipes import CIFAR10  # noqa: E402  (the numbers: diffusion_tf/recipes/cifar10.py)
 
-train, sample, evaluation, simple_eval, inspect, export = cli.script_commands(
-    CIFAR10, 'train', 'sample', 'evaluation', 'simple_eval', 'inspect', 'export')
+(train, sample, evaluation, simple_eval, inspect,
+ export, inpaint, img2img, interpolate) = cli.script_commands(
+    CIFAR10, 'train', 'sample', 'evaluation', 'simple_eval', 'inspect', 'export', 'inpaint',
+    'img2img', 'interpolate')
 
 if __name__ == '__main__':
-  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation, 'simple_eval': simple_eval,
-            'inspect': inspect, 'export': export})
+  cli.main({'train': train, 'sample': sample, 'evaluation': evaluation,
+            'simple_eval': simple_eval, 'inspect': inspect, 'export': export, 'inpaint': inpaint,
+            'img2img': img2img, 'interpolate': interpolate})

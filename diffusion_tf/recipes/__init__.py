@@ -17,8 +17,8 @@ from .celebahq import CELEBAHQ
 from .cifar10 import CIFAR10
 from .digits import DIGITS
 from .lsun import LSUN
-from .recipe import (COMMON_DEFAULTS, HF_DATA_FLAGS, REQUIRED, Data, Diffusion, Evaluation,  # noqa: F401
-                     Model, Recipe, Sampling, Train)
+from .recipe import (COMMON_DEFAULTS, HF_DATA_FLAGS, REQUIRED, Data, Diffusion, Editing,  # noqa: F401
+                     Evaluation, Model, Recipe, Sampling, Train)
 
 RECIPES = {r.name: r for r in (CIFAR10, CELEBAHQ, LSUN, DIGITS)}
 

@@ -5,6 +5,7 @@ from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 from .texts import INSPECT_FLAGS, INSPECT_HELP, HF_FLAGS, HF_HELP
+from .texts import EDIT_COMMANDS, EDIT_DOCS
 
 CELEBAHQ = Recipe(
     name='celebahq',
@@ -16,6 +17,7 @@ CELEBAHQ = Recipe(
     evaluation=Evaluation(total_bs=128, num_inception_samples=2048,
                           tfds_data_dir='tensorflow_datasets'),
     commands={
+        **EDIT_COMMANDS,
         'train': 'exp_name tpu_name bucket_name_prefix model_name dataset optimizer total_bs '
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'loss_type dropout randflip block_size tfds_data_dir log_dir | region max_steps '
@@ -31,6 +33,7 @@ CELEBAHQ = Recipe(
     docs={
         'inspect': INSPECT_HELP,
         'export': EXPORT_COMMAND_HELP,
+        **EDIT_DOCS,
         'train': 'Trains the CelebA-HQ model; re-running the same command resumes the run.\n'
                  'With --dataset folder --folder DIR --resolution R it trains the same recipe on '
                  'any images.\n' + HF_HELP,

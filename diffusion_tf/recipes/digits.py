@@ -8,6 +8,7 @@ from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Sampling, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import SAMPLE_FLAGS, SAMPLE_HELP, SAMPLER_FLAGS, SAMPLER_HELP, STATS_HELP, EXPORT_HELP
 from .texts import INSPECT_FLAGS, INSPECT_HELP, HF_FLAGS, HF_HELP
+from .texts import EDIT_COMMANDS, EDIT_DOCS
 
 DIGITS = Recipe(
     name='digits',
@@ -22,6 +23,7 @@ DIGITS = Recipe(
     evaluation=Evaluation(total_bs=100, num_inception_samples=1000, features='digits'),
     sampling=Sampling(recognise='digits'),
     commands={
+        **EDIT_COMMANDS,
         'train': 'exp_name tpu_name bucket_name_prefix model_name dataset optimizer total_bs '
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'model_mean_type model_var_type loss_type dropout randflip log_dir '
@@ -39,6 +41,7 @@ DIGITS = Recipe(
     docs={
         'inspect': INSPECT_HELP,
         'export': EXPORT_COMMAND_HELP,
+        **EDIT_DOCS,
         'train': """Trains the digits model (flips off: digits are not mirror-symmetric; a faster EMA
 than the paper's 0.9999 because the run is short), then samples a grid with EMA weights.
 The default recipe, unet_digits_lite (16 channels at 16x16) at batch 64 for 2,500 steps, has

@@ -7,6 +7,7 @@ from .recipe import Data, Diffusion, Evaluation, Model, Recipe, Train
 from .texts import EXPORT_COMMAND_HELP, EXPORT_FLAGS  # noqa: I001
 from .texts import EVALUATION_FLAGS_HELP, EVALUATION_TAIL, SAMPLE_FLAGS, SAMPLE_HELP, TRAIN_TAIL
 from .texts import INSPECT_FLAGS, INSPECT_HELP
+from .texts import EDIT_COMMANDS, EDIT_DOCS
 
 LSUN = Recipe(
     name='lsun',
@@ -20,6 +21,7 @@ LSUN = Recipe(
     evaluation=Evaluation(total_bs=128, num_inception_samples=2048, limit_dataset_size=30000,
                           tfr_file='tensorflow_datasets/lsun/church-r08.tfrecords'),
     commands={
+        **EDIT_COMMANDS,
         'train': 'exp_name tpu_name bucket_name_prefix model_name dataset optimizer total_bs '
                  'grad_clip lr warmup num_diffusion_timesteps beta_start beta_end beta_schedule '
                  'loss_type dropout randflip block_size tfr_file log_dir warm_start_model_dir | '
@@ -35,6 +37,7 @@ LSUN = Recipe(
     docs={
         'inspect': INSPECT_HELP,
         'export': EXPORT_COMMAND_HELP,
+        **EDIT_DOCS,
         'train': 'Trains an LSUN model; re-running the same command resumes the run.',
         'evaluation': 'FID / Inception Score of the EMA weights: 2048 samples against the first '
                       '234 shuffled batches (29952 images) of --tfr_file ("for memory reasons", '

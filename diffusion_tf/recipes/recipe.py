@@ -111,6 +111,24 @@ class Sampling:
   recognise: Optional[str] = None   # 'digits': say how many samples a digit classifier reads
 
 
+@dataclass(frozen=True)
+class Editing:
+  """The ``inpaint``, ``img2img`` and ``interpolate`` commands' own defaults (their sampler,
+  seed and batch flags are `Sampling`'s; ``inpaint`` runs RePaint's 250 steps by default)."""
+  images: Optional[str] = None
+  masks: Optional[str] = None
+  invert_mask: bool = False
+  method: str = 'repaint'
+  steps: Optional[int] = 250
+  jump_length: int = 10
+  jump_n_sample: int = 10
+  strength: float = 0.5
+  t: int = 500
+  num: int = 8
+  mix: str = 'slerp'
+  resize: bool = False
+
+
 # Defaults of flags that are the same in every script (not settings of a recipe).
 COMMON_DEFAULTS = {
     'tpu_name': None, 'bucket_name_prefix': None, 'region': None,
@@ -132,6 +150,9 @@ SECTIONS_OF_COMMAND = {
     'export': ('sampling',),
     'evaluation': ('evaluation', 'sampling'),
     'simple_eval': ('evaluation',),
+    'inpaint': ('editing', 'sampling'),
+    'img2img': ('sampling', 'editing'),
+    'interpolate': ('editing', 'sampling'),
 }
 
 
@@ -146,6 +167,7 @@ class Recipe:
   train: Train = Train()
   evaluation: Evaluation = Evaluation()
   sampling: Sampling = Sampling()
+  editing: Editing = Editing()
   commands: dict = field(default_factory=dict, compare=False)
   docs: dict = field(default_factory=dict, compare=False)
 
