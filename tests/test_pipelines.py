@@ -261,6 +261,7 @@ def test_a_new_seed_does_not_trace_again():
   np.testing.assert_array_equal(gen.state.numpy(), ref.state.numpy())
 
 
+@pytest.mark.slow  # about 15 s: many pipelines built and dropped
 def test_pipelines_and_their_loops_are_freed():
   import gc
   import weakref

@@ -112,7 +112,8 @@ def _legacy_runs_module():
 LEGACY = _legacy_runs_module()
 
 
-@pytest.mark.parametrize('name', sorted(LEGACY.RUNS))
+@pytest.mark.parametrize('name', [n if n == 'digits' else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(LEGACY.RUNS)])
 def test_a_run_made_before_recipes_resumes_and_samples(name, tmp_path, monkeypatch, capsys):
   import shutil
 

@@ -357,6 +357,7 @@ class _TinyModel:
     return self.w * x + 0.002 * tf.cast(t, tf.float32)[:, None, None, None]
 
 
+@pytest.mark.slow  # about 12 s: every sampler compiled and dropped
 def test_samplers_and_their_loops_are_freed():
   import gc
   import weakref

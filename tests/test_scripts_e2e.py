@@ -123,6 +123,7 @@ def _metrics(run_dir):
 
 # ----------------------------------------------------------------------------- run_digits
 
+@pytest.mark.slow  # trains a run first (the old-run tests of test_recipes cover the fast tier)
 def test_digits_sample(digits_run, work):
   out = work / 'digits_sample'
   run_script('run_digits.py', 'sample', '--model_dir', digits_run, '--num_samples', NUM,
@@ -199,17 +200,18 @@ def _assert_missing_inception(proc):
 
 @pytest.mark.parametrize('script,command,message', [
     ('run_cifar', 'train', 'TFDS dataset cifar10'),
-    ('run_cifar', 'simple_eval', 'TFDS dataset cifar10'),
+    pytest.param('run_cifar', 'simple_eval', 'TFDS dataset cifar10', marks=pytest.mark.slow),
     ('run_celebahq', 'train', 'celeb_a_hq needs manually downloaded data'),
     ('run_lsun', 'train', "Dataset 'lsun': TFRecord file not found"),
 ])
 def test_default_data_missing_is_the_documented_error(script, command, message, tmp_path,
-                                                      monkeypatch, cifar_run):
+                                                      monkeypatch, request):
   import importlib
   monkeypatch.chdir(tmp_path)  # the default data paths are relative: nothing here
   fn = getattr(importlib.import_module(f'scripts.{script}'), command)
-  args = {'model_dir': cifar_run} if command == 'simple_eval' else {}
+  args = {}
   if command == 'simple_eval':  # the run's own data, but the script's default data set
+    cifar_run = request.getfixturevalue('cifar_run')
     with open(os.path.join(cifar_run, 'kwargs.json')) as f:
       kw = json.load(f)
     run = tmp_path / 'run'

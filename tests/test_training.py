@@ -710,6 +710,7 @@ def test_original_train_command_stops_at_the_data_check(tmp_path):
   assert not (tmp_path / 'logs').exists()
 
 
+@pytest.mark.slow
 def test_bfloat16_training_keeps_float32_variables_and_finite_loss(tmp_path):
   kw = dict(runners.script_defaults(_script('run_digits').train), mixed_precision='bfloat16',
             num_diffusion_timesteps=50)

@@ -116,6 +116,7 @@ def test_winograd_ops_reject_inconsistent_shapes():
     lib.diffusion_winograd_input(tf.zeros([8, 8, 16]))
 
 
+@pytest.mark.slow  # a whole U-Net's gradients twice; the kernels' own tests stay fast
 def test_unet_output_and_gradients_close_to_the_direct_convolution():
   """The whole digits U-Net (O(1) random weights, so every layer matters): output and weight
   gradients with the Winograd convolutions within 1e-4 (relative L2) of the direct ones,
