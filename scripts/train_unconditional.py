@@ -15,5 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusion_tf import train_unconditional  # noqa: E402
 
+parse = train_unconditional.parse  # the flags as a dict (the docs' commands are checked with it)
+
 if __name__ == '__main__':
   train_unconditional.main()
