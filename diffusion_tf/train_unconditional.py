@@ -432,7 +432,7 @@ def model_card(plan, grid, argv):
   """README.md for the Hub: the command, the data set, the last sample grid."""
   f = plan.flags
   data = f['dataset_name'] or f['train_data_dir']
-  command = 'python scripts/train_unconditional.py ' + ' '.join(shlex.quote(a) for a in argv)
+  command = 'python scripts/train_unconditional.py ' + ' '.join(shlex.quote(a) for a in _redacted(argv))
   image = f'\n![samples]({os.path.relpath(grid, plan.output_dir)})\n' if grid else ''
   return (f'---\nlibrary_name: diffusers\ntags:\n- pytorch\n- diffusers\n- unconditional-image-generation\n'
           f'- diffusion_tf\n---\n\n# {os.path.basename(os.path.abspath(plan.output_dir))}\n\n'
@@ -442,6 +442,15 @@ def model_card(plan, grid, argv):
           f'```python\nfrom diffusers import DDPMPipeline\n\npipeline = DDPMPipeline.from_pretrained('
           f'"{hub_repo_id(f)}")\nimage = pipeline().images[0]\n```\n\n## Training command\n\n'
           f'```bash\n{command}\n```\n{image}')
+
+
+def _redacted(argv):
+  """``argv`` without the value of --hub_token (the card is public)."""
+  out = []
+  for a in argv:
+    hidden = out and out[-1] == '--hub_token'
+    out.append('***' if hidden else '--hub_token=***' if a.startswith('--hub_token=') else a)
+  return out
 
 
 def hub_repo_id(flags):

@@ -215,4 +215,5 @@ def test_push_to_hub_uploads_the_folder_with_a_model_card(tmp_path, capsys, monk
                    ('upload_folder', 'me/tiny-ddpm', folder, True)]
   card = (tmp_path / 'out' / 'README.md').read_text()
   assert data in card and '--push_to_hub' in card and 'samples/epoch_0000.png' in card
+  assert 'secret' not in card and '--hub_token' in card  # the token itself is not published
   assert 'pushed to me/tiny-ddpm' in capsys.readouterr().out
