@@ -391,8 +391,12 @@ class EpochHook(tpu_utils.StepHook):
     p = self.plan
     if not self.estimated and math.isfinite(rate):
       self.estimated = True
+      grids = len({e for e in range(p.num_epochs) if e % p.flags['save_images_epochs'] == 0}
+                  | {p.num_epochs - 1})
       self.log_fn(f'Estimated time: {_clock((p.max_steps - step) / rate)} for the '
-                  f'{p.max_steps - step} updates left, at {rate:.2f} updates/s (measured)')
+                  f'{p.max_steps - step} updates left, at {rate:.2f} updates/s (measured), '
+                  f'plus {grids} sample grid(s) of {p.flags["eval_batch_size"]} images x '
+                  f'{p.flags["ddpm_num_inference_steps"]} steps')
     if step % p.steps_per_epoch == 0 or step == p.max_steps:
       self.epoch_end(math.ceil(step / p.steps_per_epoch) - 1, last=step == p.max_steps)
 
@@ -406,11 +410,15 @@ class EpochHook(tpu_utils.StepHook):
     with self._ema():
       if epoch % f['save_images_epochs'] == 0 or last:
         self.grid = os.path.join(p.output_dir, SAMPLES_DIR, f'epoch_{epoch:04d}.png')
+        t0 = time.time()
         images = sample_grid(self.state.model.net, p.scheduler_config, f['eval_batch_size'],
                              f['ddpm_num_inference_steps'], self.grid)
         with self.writer.as_default(step=epoch):
           tf.summary.image('test_samples', images, max_outputs=len(images))
-        self.log_fn(f'Epoch {epoch}: wrote {self.grid}')
+        to_come = len([e for e in range(epoch + 1, p.num_epochs - 1) if e % f['save_images_epochs'] == 0])
+        to_come += 0 if last else 1
+        self.log_fn(f'Epoch {epoch}: wrote {self.grid} in {_clock(time.time() - t0)}'
+                    + (f' ({to_come} more grids to come)' if to_come else ''))
       if (epoch % f['save_model_epochs'] == 0 or last) and self.saved_step != step:
         write_pipeline_folder(self.state.model.net, p.scheduler_config, p.output_dir)
         self.saved_step = step
