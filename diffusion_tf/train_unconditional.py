@@ -540,9 +540,12 @@ def run(flags, argv=()):
   pushed = ''
   if flags['push_to_hub'] and step == plan.max_steps:
     pushed = f'; pushed to {push_to_hub(plan, hook.grid, list(argv))}'
+  written = os.path.exists(os.path.join(plan.output_dir, pipelines.MODEL_INDEX))
+  folder = (f'pipeline folder {plan.output_dir}' if written else
+            'no pipeline folder yet (written at epoch ends); --resume_from_checkpoint latest continues')
   print(f'Trained to step {step} ({step / plan.steps_per_epoch:.2f} epochs) in '
-        f'{_clock(time.time() - t0)}; pipeline folder {plan.output_dir}; checkpoints and '
-        f'TensorBoard events in {plan.run_dir}{pushed}')
+        f'{_clock(time.time() - t0)}; {folder}; checkpoints and TensorBoard events in '
+        f'{plan.run_dir}{pushed}')
   return plan
 
 
