@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from . import diffusers_format as fmt
 from . import pipelines, utils
-from .errors import FlagError, UserError
+from .errors import FlagError
 from .models.unet import UNet
 from .tpu_utils import datasets, run_directory, tpu_utils
 
@@ -183,7 +183,7 @@ def check_values(flags):
                     f'--output_dir/--logging_dir)')
   if flags['push_to_hub']:
     try:
-      import huggingface_hub  # noqa: F401
+      import huggingface_hub  # noqa: F401  (only whether it is there)
     except ImportError:
       raise FlagError('--push_to_hub needs huggingface_hub: pip install huggingface_hub') from None
 
