@@ -98,12 +98,19 @@ def _message(e):
 
 def main(commands, argv=None):
   """Runs the command named on the command line (``argv``: default ``sys.argv[1:]``)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  def run(argv):
+    check_flag_names(commands, argv)
+    fire.Fire({name: validated(fn) for name, fn in commands.items()}, command=argv)
+
+  report_user_errors(run, list(sys.argv[1:] if argv is None else argv))
+
+
+def report_user_errors(run, argv):
+  """``run(argv)`` (without ``--debug``), a user error printed as one ``error:`` line, exit 2."""
   debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
   argv = [a for a in argv if a != DEBUG_FLAG]
   try:
-    check_flag_names(commands, argv)
-    fire.Fire({name: validated(fn) for name, fn in commands.items()}, command=argv)
+    run(argv)
   except USER_ERRORS as e:
     if debug:
       raise

@@ -71,13 +71,20 @@ def script_invocations():
 
 
 @functools.lru_cache(maxsize=None)
-def script_commands(script):
-  """{command name: function} as the script's ``__main__`` block hands them to fire (a dict
-  literal of names), read from its source without running it."""
+def script_module(script):
+  """The script imported (its ``__main__`` block does not run)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location(f'_doc_{script.stem}', script)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+@functools.lru_cache(maxsize=None)
+def script_commands(script):
+  """{command name: function} as the script's ``__main__`` block hands them to fire (a dict
+  literal of names), read from its source without running it."""
+  module = script_module(script)
   tree = ast.parse(script.read_text())
   for node in ast.walk(tree):
     if isinstance(node, ast.Dict) and node.keys and all(
@@ -99,7 +106,16 @@ def _as_fire_sees_it(argv):
 
 
 def check_accepted(script, argv):
-  """Raises AssertionError unless fire would call one of the script's commands with argv."""
+  """Raises AssertionError unless fire would call one of the script's commands with argv (or,
+  for an argparse script with a module-level ``parse``, unless ``parse`` accepts it)."""
+  parse = getattr(script_module(script), 'parse', None)
+  if parse is not None:
+    from diffusion_tf.errors import FlagError
+    try:
+      parse(_as_fire_sees_it(argv))
+    except FlagError as e:
+      raise AssertionError(f'{script.name}: refused {argv}: {e}') from None
+    return
   commands = script_commands(script)
   if None in commands:
     name, fn, rest = None, commands[None], argv

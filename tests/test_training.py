@@ -825,3 +825,28 @@ def test_run_lock_is_reentrant_for_the_same_process_and_released(tmp_path):
   assert not lock.exists()
   # gs:// directories are not locked (no atomic create through gfile).
   assert tpu_utils.acquire_run_lock('gs://bucket/run')() is None
+
+
+def test_a_step_hook_gets_control_at_the_steps_it_asks_for(tmp_path):
+  class EveryThird(tpu_utils.StepHook):
+    def __init__(self):
+      self.seen, self.began = [], None
+
+    def begin(self, state, run_dir):
+      self.began = int(state.global_step.numpy())
+
+    def next_stop(self, step):
+      return (step // 3 + 1) * 3
+
+    def after(self, state, step, rate):
+      self.seen.append(int(state.global_step.numpy()))
+
+  hook = EveryThird()
+  tpu_utils.run_training(
+      model_constructor=TinyModel, train_input_fn=_input_fn(_images(16)), total_bs=8,
+      optimizer='adam', lr=0.1, warmup=0, grad_clip=1.0, log_dir=str(tmp_path), exp_name='hook',
+      max_steps=8, iterations_per_loop=100, max_seconds_per_loop=1e6, step_hook=hook,
+      log_fn=lambda *_: None)
+  # Calls end at 3 and 6 even though the loop would take up to 100 steps a call; 8 is the end.
+  assert hook.began == 0 and {3, 6, 8} <= set(hook.seen) and hook.seen[-1] == 8
+  assert all(a < b for a, b in zip(hook.seen, hook.seen[1:]))

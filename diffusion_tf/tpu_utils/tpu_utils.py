@@ -475,7 +475,7 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
                  save_every_steps=None, clip_mode='global', summary_every=100, strategy=None,
                  allow_kwargs_mismatch=False, loss_scale=None, seed=None, max_seconds_per_loop=30.,
                  lr_schedule='constant', ema_warmup=None, optimizer_options=(),
-                 grad_accumulation=1, log_fn=utils.log):
+                 grad_accumulation=1, step_hook=None, log_fn=utils.log):
   """Trains ``model_constructor()`` on batches of ``train_input_fn({'batch_size': per_replica_bs})``.
 
   The run lives in ``<log_dir>/<date_str or today>/<exp_name>``. An existing run is
@@ -493,7 +493,8 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   ``loss_scale='dynamic'`` (for float16 compute) scales the loss, unscales the gradients and
   skips overflowing steps (`DynamicLossScale`). ``seed`` (default None: unseeded, as the
   original) fixes the initial weights and, offset by the resumed step, the data order,
-  timesteps and noise.
+  timesteps and noise. ``step_hook`` (see `StepHook`) gets control at the steps it asks for,
+  e.g. at epoch ends to save or sample.
 
   Steps run ``strategy.run`` inside one `tf.function` call of at most
   ``iterations_per_loop`` steps, sized to take about ``max_seconds_per_loop`` so that
@@ -512,11 +513,12 @@ def run_training(*, model_constructor, train_input_fn, total_bs, optimizer, lr, 
   strategy = strategy or resolve_strategy(tpu, zone, project)
   model_dir = os.path.join(log_dir, date_str or time.strftime('%Y-%m-%d'), exp_name)
   return _train(model_constructor, train_input_fn, settings, strategy, model_dir,
-                dump_kwargs=dump_kwargs, warm_start_from=warm_start_from, log_fn=log_fn)
+                dump_kwargs=dump_kwargs, warm_start_from=warm_start_from, log_fn=log_fn,
+                step_hook=step_hook)
 
 
 def _train(model_constructor, train_input_fn, settings, strategy, model_dir, *, dump_kwargs,
-           warm_start_from, log_fn):
+           warm_start_from, log_fn, step_hook=None):
   """`run_training` once its arguments are checked: wires the run directory, the state and the
   compiled step together, then runs `_loop`. The run lock is held from before the first file
   it writes until it returns or raises."""
@@ -537,7 +539,8 @@ def _train(model_constructor, train_input_fn, settings, strategy, model_dir, *, 
     iterator = iter(strategy.distribute_datasets_from_function(
         _dataset_fn(train_input_fn, settings.total_bs)))
     train_loop = make_train_step(state, strategy, settings, run_dir.open_summary_writer())
-    stopped_by_signal = _loop(train_loop, iterator, state, run_dir, settings, log_fn)
+    stopped_by_signal = _loop(train_loop, iterator, state, run_dir, settings, log_fn,
+                              step_hook or StepHook())
     state.model_dir, state.strategy = model_dir, strategy
     state.stopped_by_signal = stopped_by_signal
     return state
@@ -572,7 +575,24 @@ def _dataset_fn(train_input_fn, total_bs):
   return dataset_fn
 
 
-def _loop(train_loop, iterator, state, run_dir, settings, log_fn):
+class StepHook:
+  """What `run_training`'s loop calls besides training (this base class: nothing).
+  ``begin(state, run_dir)`` once the state is restored, before the first step;
+  ``next_stop(step)``: the next step at which it wants control (the loop's calls end there);
+  ``after(state, step, rate)`` after each call of the compiled loop (``rate``: steps/s, NaN
+  until measured)."""
+
+  def begin(self, state, run_dir):
+    pass
+
+  def next_stop(self, step):
+    return None
+
+  def after(self, state, step, rate):
+    pass
+
+
+def _loop(train_loop, iterator, state, run_dir, settings, log_fn, hook):
   """Calls ``train_loop`` until ``max_steps`` or SIGTERM / SIGINT, logging a progress line per
   call and saving every ``save_every_steps`` steps or ``save_checkpoints_secs`` seconds, and
   at the end. A non-finite loss stops it without saving (`FloatingPointError`). Returns the
@@ -582,9 +602,12 @@ def _loop(train_loop, iterator, state, run_dir, settings, log_fn):
   start_step, t_start = step, time.time()
   run_dir.start_save_clock()
   steps_per_call, rate = 1, float('nan')
+  hook.begin(state, run_dir)
   with run_dir.stop_request() as stop:
     while step < s.max_steps and stop.signum is None:
       n = _steps_this_call(step, steps_per_call, s)
+      stop_at = hook.next_stop(step)
+      n = n if stop_at is None or stop_at <= step else min(n, stop_at - step)
       t0 = time.time()
       mean_loss, finite = train_loop(iterator, tf.constant(n, tf.int32))
       mean_loss, finite = float(mean_loss), bool(finite)
@@ -607,6 +630,7 @@ def _loop(train_loop, iterator, state, run_dir, settings, log_fn):
         run_dir.save(step, f'every {s.save_every_steps} steps')
       elif run_dir.seconds_since_save() >= s.save_checkpoints_secs:
         run_dir.save(step, f'every {s.save_checkpoints_secs} s')
+      hook.after(state, step, rate)
     run_dir.save(step, 'signal' if stop.signum is not None else 'end of training')
   run_dir.writer.flush()
   log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
