@@ -13,6 +13,7 @@ import math
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from . import nn
 from .checkpoints import _summarise  # the same listing as checkpoint mismatches
@@ -157,9 +158,10 @@ def unet_config(net):
   """The ``UNet2DModel`` config (every option, as diffusers writes it) of a built `UNet`."""
   if net.resolution is None:
     raise ValueError('The UNet is not built yet: pass resolution= or call it once')
-  if not net.resamp_with_conv:
-    raise DiffusersFormatError('A UNet with resamp_with_conv=False (e.g. unet_digits) has no '
-                               'UNet2DModel counterpart: diffusers always resamples with convolutions')
+  if not net.resamp_with_conv and net.resolution % 2 ** (len(net.block_out_channels) - 1):
+    raise DiffusersFormatError(
+        f'A UNet with resamp_with_conv=False at resolution {net.resolution} has no UNet2DModel '
+        'counterpart: its average pooling meets an odd size, where no convolution equals it')
   down, up = _attn_flags(net)
   L = len(net.block_out_channels)
   config = dict(UNET_DEFAULTS)
@@ -247,10 +249,46 @@ def _level(entries, level, key, resample):
     _resnet(entries, block, f'{key}.resnets.{j}')
   for j, block in enumerate(level['attns']):
     _attention(entries, block, f'{key}.attentions.{j}')
-  if level[resample] is not None:
-    if level[resample].conv is None:
-      raise DiffusersFormatError('resamp_with_conv=False has no UNet2DModel counterpart')
-    _layer(entries, level[resample].conv, f'{key}.{resample}rs.0.conv', 'conv')
+  module = level[resample]
+  if module is not None:
+    _layer(entries, module.conv or _FixedConv(module, resample), f'{key}.{resample}rs.0.conv', 'conv')
+
+
+class _FixedConv:
+  """The convolution diffusers' blocks always resample with, standing in for a U-Net that has
+  none (``resamp_with_conv=False``, the digits models) with the same function: 2x2 average
+  pooling is a stride-2 3x3 kernel of 1/4 on the window's four taps (where ``padding`` puts
+  them), plain nearest upsampling the identity 3x3 kernel; zero biases. `state_dict` writes
+  these values and `load_state_dict` accepts only them, so such a U-Net goes to diffusers and
+  comes back (as one with convolutions) computing the same images."""
+
+  def __init__(self, module, resample):
+    ch, eye = module.ch, np.eye(module.ch, dtype=np.float32)
+    kernel = np.zeros((3, 3, ch, ch), np.float32)
+    if resample == 'downsample':
+      taps = (0, 1) if module.padding == 0 else (1, 2)  # 'SAME' pads bottom/right only
+      for h in taps:
+        for w in taps:
+          kernel[h, w] = eye / 4.
+    else:
+      kernel[1, 1] = eye
+    self.W, self.b = _Fixed(kernel, module.name), _Fixed(np.zeros(ch, np.float32), module.name)
+
+
+class _Fixed:
+  """A constant with the part of a variable's interface `tensor_map`'s users touch."""
+
+  def __init__(self, value, where):
+    self.value, self.where, self.shape = value, where, tf.TensorShape(value.shape)
+
+  def numpy(self):
+    return self.value
+
+  def assign(self, value):
+    if not np.allclose(value, self.value, rtol=0, atol=1e-6):
+      raise DiffusersFormatError(f'{self.where} resamples without a convolution: the weights '
+                                 'hold a trained one (load them into a U-Net built from their '
+                                 'config instead)')
 
 
 def tensor_map(net):

@@ -231,3 +231,33 @@ def test_hub_id_from_the_cache(tmp_path, monkeypatch):
   monkeypatch.delenv('HF_HUB_CACHE', raising=False)
   pipe = pipelines.DDPMPipeline.from_pretrained('google/tiny')
   assert pipe.unet.resolution == 8
+
+
+# ----------------------------------------------------------------------------- no resampling convolutions
+
+@pytest.mark.parametrize('padding', [0, 1])
+def test_a_unet_without_resampling_convolutions_goes_to_diffusers_and_back(padding, tmp_path):
+  """The digits models pool and repeat pixels where diffusers' blocks convolve: the written
+  convolutions compute the same, so the folder samples as the run does, and only those
+  weights load back into the pooling U-Net."""
+  net = unet.UNet(**dict(unet.MODEL_CONFIGS['unet_digits_lite'], out_ch=1, downsample_padding=padding),
+                  in_ch=1, resolution=16)
+  randomize(net, seed=3)
+  tensors = fmt.state_dict(net)
+  assert tensors['down_blocks.0.downsamplers.0.conv.weight'].shape == (16, 16, 3, 3)
+  back = unet.UNet(**fmt.unet_kwargs_from_config(fmt.unet_config(net)))
+  assert back.resamp_with_conv
+  fmt.load_state_dict(back, tensors)
+  x = tf.random.stateless_normal([2, 16, 16, 1], seed=[1, 2])
+  t = tf.constant([10, 900])
+  np.testing.assert_allclose(back(x, t).numpy(), net(x, t).numpy(), rtol=0, atol=1e-5)
+  fmt.load_state_dict(net, tensors)  # the same values are accepted
+  tensors['up_blocks.1.upsamplers.0.conv.weight'] += 0.01
+  with pytest.raises(fmt.DiffusersFormatError, match='resamples without a convolution'):
+    fmt.load_state_dict(net, tensors)
+
+
+def test_pooling_over_an_odd_size_has_no_diffusers_counterpart():
+  net = unet.UNet(**dict(unet.MODEL_CONFIGS['unet_digits_lite'], out_ch=1), in_ch=1, resolution=10)
+  with pytest.raises(fmt.DiffusersFormatError, match='odd size'):
+    fmt.unet_config(net)

@@ -121,6 +121,7 @@ class Downsample(tf.Module):
     super().__init__(name=name.replace('/', '_'))
     if padding not in (0, 1):
       raise ValueError(f'Downsample {name}: padding must be 0 or 1, got {padding!r}')
+    self.ch, self.padding = ch, padding
     pad = 'SAME' if padding == 0 else [[0, 0], [1, 1], [1, 1], [0, 0]]
     self.conv = nn.Conv2D(ch, ch, name=name + '/conv', stride=2, pad=pad) if with_conv else None
 
@@ -133,6 +134,7 @@ class Downsample(tf.Module):
 class Upsample(tf.Module):
   def __init__(self, ch, *, name, with_conv):
     super().__init__(name=name.replace('/', '_'))
+    self.ch = ch
     self.conv = nn.Conv2D(ch, ch, name=name + '/conv') if with_conv else None
 
   def __call__(self, x):
