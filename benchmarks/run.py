@@ -222,12 +222,14 @@ def run_case(workers, case, log, restart=None):
           set_up(u)
   variants = [v for v in variants if vname(v) not in failed]
   samples = {vname(v): [] for v in variants}
+  cpu = {vname(v): [] for v in variants}  # the worker's CPU time per call (all its threads)
   for r in range(repeats):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
     for v in order:
       fw, dtype = v[0], v[1]
       res = workers[fw].call(cmd='time', key=f'{key}|{dtype}|{vmode(v)}', n=calls)
       samples[vname(v)].append(float(np.mean(res['times'])))
+      cpu[vname(v)].append(float(np.mean(res['cpu_times'])))
   tracing = {}
   for v in variants:
     fw, dtype = v[0], v[1]
@@ -237,7 +239,8 @@ def run_case(workers, case, log, restart=None):
       tracing[vname(v)] = {'after_warmup': setup[vname(v)]['tracing_after_warmup'], 'end': tr}
     workers[fw].call(cmd='drop', key=k)
   out = {'name': name, 'kind': kind, 'model': model, 'batch': batch, 'label': label,
-         'results': {k: stats(s) for k, s in samples.items()}, 'tracing': tracing, 'failed': failed,
+         'results': {k: stats(s) for k, s in samples.items()},
+         'cpu': {k: stats(s) for k, s in cpu.items()}, 'tracing': tracing, 'failed': failed,
          'load': os.getloadavg()}
   line = ', '.join(f'{k} {v["median"]:.3f}s' for k, v in out['results'].items())
   log(f'  {label}: {line}  (load {out["load"][0]:.2f})')
@@ -685,6 +688,9 @@ def main():
                  help='the speed table: fp32 and bf16, forward batch 1/4/16/64 on both our paths and '
                       'training step, CIFAR-10 and 256x256 U-Nets, against all six diffusers '
                       'configurations (select cells with --only; no numerics or memory cases)')
+  p.add_argument('--no-compile', action='store_true',
+                 help='leave out the torch.compile variants (inductor compiles for minutes per '
+                      'case, far longer on a loaded machine)')
   p.add_argument('--torch-python', default=TORCH_PY,
                  help='Python of the diffusers venv (default: $DIFFUSION_TF_TORCH_PYTHON or '
                       'benchmarks/.venv-torch/bin/python)')
@@ -708,7 +714,7 @@ def main():
   load_start = os.getloadavg()
   log(f'load average {load_start}')
   data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(), 'isa': a.isa,
-          'vs_torch_best': a.vs_torch_best, 'table': a.table,
+          'vs_torch_best': a.vs_torch_best, 'table': a.table, 'no_compile': a.no_compile,
           'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
   loads = [load_start[0]]
   workers = {}
@@ -738,6 +744,8 @@ def main():
         cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
       if a.repeats:
         cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
+      if a.no_compile:
+        cases = [c[:4] + ([v for v in c[4] if vmode(v) != 'compile'],) + c[5:] for c in cases]
       def restart(fw):
         workers.pop(fw).p.kill()
         workers[fw] = Worker(fw, sys.executable if fw == 'ours' else a.torch_python, a.threads,
@@ -749,6 +757,8 @@ def main():
         res['xla_case'] = any(vmode(v) == 'xla' for v in case[4])
         data['cases'].append(res)
         loads.append(res['load'][0])
+        with open(a.json + '.partial', 'w') as f:  # the cases so far, should the run be cut short
+          json.dump(data, f, default=str)
       if not a.only and not a.vs_torch_best and not a.table:
         nb, ns = (4, 3) if a.quick else (8, 12)
         for key, dtype in (('numerics', 'bfloat16'), ('numerics_fp32', 'float32')):
