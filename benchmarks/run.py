@@ -93,10 +93,35 @@ DIRECT32 = ('ours', 'float32', 'direct')
 # PyTorch at its best on CPU: NHWC memory format, and torch.compile (inductor).
 DIFF_CL32, DIFF_COMPILE32 = ('diffusers', 'float32', 'channels_last'), ('diffusers', 'float32', 'compile')
 TORCH_BEST = [DIFF_CL32, DIFF_COMPILE32]
+DIFF_CL16, DIFF_COMPILE16 = ('diffusers', 'bfloat16', 'channels_last'), ('diffusers', 'bfloat16', 'compile')
+# Every diffusers configuration the table compares against: eager, channels_last, torch.compile,
+# each in fp32 and under bf16 autocast.
+TORCH_ALL = [DIFF32, DIFF_CL32, DIFF_COMPILE32, DIFF16, DIFF_CL16, DIFF_COMPILE16]
 
 
-def plan(quick, xla, with_diffusers_bf16, fp32_only=False, vs_torch_best=False):
+def table_plan(quick):
+  """The speed table: {fp32, bf16} x forward (our two paths: the user's `unet(x, t)` reading
+  variables and the samplers' weights-as-constants) and training step, CIFAR-10 U-Net and the
+  256x256 one, each against all six diffusers configurations. Select cells with --only."""
+  fwd = [OURS32, CONST32, OURS16, CONST16] + TORCH_ALL
+  train = [OURS32, OURS16] + TORCH_ALL
+  r = lambda n: min(n, 2) if quick else n
+  return [('forward', 'forward', 'cifar32', 1, fwd, r(8), 2),
+          ('forward', 'forward', 'cifar32', 4, fwd, r(6), 1),
+          ('forward', 'forward', 'cifar32', 16, fwd, r(5), 1),
+          ('forward', 'forward', 'cifar32', 64, fwd, r(3), 1),
+          ('train', 'train', 'cifar32', 16, train, r(4), 1),
+          ('forward', 'forward', 'big256', 1, fwd, r(4), 1),
+          ('train', 'train', 'big256', 1, train, r(3), 1)]
+
+
+def plan(quick, xla, with_diffusers_bf16, fp32_only=False, vs_torch_best=False, table=False):
   """(name, kind, model, batch, variants, repeats, calls per sample)."""
+  if table:
+    cases = table_plan(quick)
+    if fp32_only:
+      cases = [c[:4] + ([v for v in c[4] if v[1] == 'float32'],) + c[5:] for c in cases]
+    return cases
   if vs_torch_best:  # fp32 forward and training step against diffusers' three CPU variants
     v = [OURS32, DIFF32] + TORCH_BEST
     reps = 2 if quick else 5
@@ -197,12 +222,14 @@ def run_case(workers, case, log, restart=None):
           set_up(u)
   variants = [v for v in variants if vname(v) not in failed]
   samples = {vname(v): [] for v in variants}
+  cpu = {vname(v): [] for v in variants}  # the worker's CPU time per call (all its threads)
   for r in range(repeats):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
     for v in order:
       fw, dtype = v[0], v[1]
       res = workers[fw].call(cmd='time', key=f'{key}|{dtype}|{vmode(v)}', n=calls)
       samples[vname(v)].append(float(np.mean(res['times'])))
+      cpu[vname(v)].append(float(np.mean(res['cpu_times'])))
   tracing = {}
   for v in variants:
     fw, dtype = v[0], v[1]
@@ -212,7 +239,8 @@ def run_case(workers, case, log, restart=None):
       tracing[vname(v)] = {'after_warmup': setup[vname(v)]['tracing_after_warmup'], 'end': tr}
     workers[fw].call(cmd='drop', key=k)
   out = {'name': name, 'kind': kind, 'model': model, 'batch': batch, 'label': label,
-         'results': {k: stats(s) for k, s in samples.items()}, 'tracing': tracing, 'failed': failed,
+         'results': {k: stats(s) for k, s in samples.items()},
+         'cpu': {k: stats(s) for k, s in cpu.items()}, 'tracing': tracing, 'failed': failed,
          'load': os.getloadavg()}
   line = ', '.join(f'{k} {v["median"]:.3f}s' for k, v in out['results'].items())
   log(f'  {label}: {line}  (load {out["load"][0]:.2f})')
@@ -656,6 +684,13 @@ def main():
   p.add_argument('--vs-torch-best', action='store_true',
                  help='only fp32 forward/train at batch 16 and 64: ours against diffusers eager, '
                       'channels_last and torch.compile')
+  p.add_argument('--table', action='store_true',
+                 help='the speed table: fp32 and bf16, forward batch 1/4/16/64 on both our paths and '
+                      'training step, CIFAR-10 and 256x256 U-Nets, against all six diffusers '
+                      'configurations (select cells with --only; no numerics or memory cases)')
+  p.add_argument('--no-compile', action='store_true',
+                 help='leave out the torch.compile variants (inductor compiles for minutes per '
+                      'case, far longer on a loaded machine)')
   p.add_argument('--torch-python', default=TORCH_PY,
                  help='Python of the diffusers venv (default: $DIFFUSION_TF_TORCH_PYTHON or '
                       'benchmarks/.venv-torch/bin/python)')
@@ -679,7 +714,7 @@ def main():
   load_start = os.getloadavg()
   log(f'load average {load_start}')
   data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(), 'isa': a.isa,
-          'vs_torch_best': a.vs_torch_best,
+          'vs_torch_best': a.vs_torch_best, 'table': a.table, 'no_compile': a.no_compile,
           'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
   loads = [load_start[0]]
   workers = {}
@@ -703,12 +738,14 @@ def main():
       # oneDNN has no bf16 kernels below AVX-512 (TF's graph rewrite still picks them under
       # the cap, and they fail): under --isa avx2 only float32 is measured.
       cases = plan(a.quick, a.xla, not a.no_diffusers_bf16, fp32_only=a.isa != 'native',
-                   vs_torch_best=a.vs_torch_best)
+                   vs_torch_best=a.vs_torch_best, table=a.table)
       if a.only:
         want = set(a.only.split(','))
         cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
       if a.repeats:
         cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
+      if a.no_compile:
+        cases = [c[:4] + ([v for v in c[4] if vmode(v) != 'compile'],) + c[5:] for c in cases]
       def restart(fw):
         workers.pop(fw).p.kill()
         workers[fw] = Worker(fw, sys.executable if fw == 'ours' else a.torch_python, a.threads,
@@ -720,7 +757,9 @@ def main():
         res['xla_case'] = any(vmode(v) == 'xla' for v in case[4])
         data['cases'].append(res)
         loads.append(res['load'][0])
-      if not a.only and not a.vs_torch_best:
+        with open(a.json + '.partial', 'w') as f:  # the cases so far, should the run be cut short
+          json.dump(data, f, default=str)
+      if not a.only and not a.vs_torch_best and not a.table:
         nb, ns = (4, 3) if a.quick else (8, 12)
         for key, dtype in (('numerics', 'bfloat16'), ('numerics_fp32', 'float32')):
           log(f'numerics ({dtype} vs fp32 with direct convolutions)')
@@ -740,7 +779,7 @@ def main():
     specs.append(('diffusers', f'train:cifar32:{mb}:bfloat16'))
   if a.isa != 'native':
     specs = [sp for sp in specs if sp[1].endswith('float32')]
-  if (a.only or a.vs_torch_best) and not a.memory:
+  if (a.only or a.vs_torch_best or a.table) and not a.memory:
     specs = []
   log('peak memory (fresh processes)')
   data['memory'] = memory_runs(specs, a.threads, log, a.isa, a.torch_python)

@@ -29,7 +29,8 @@ FRAMEWORK = 'ours'
 CONFIGS = {
     'cifar32': dict(config='unet2d16b2', resolution=32, attn_resolutions=(16,)),
     'cifar64': dict(config='unet2d16b2', resolution=64, attn_resolutions=(32,)),
-    'big256': dict(config='unet2d16b2c112244', resolution=256, attn_resolutions=(16,)),
+    # google/ddpm-ema-church-256 / -celebahq-256 (same network); trained without dropout.
+    'big256': dict(config='unet2d16b2c112244', resolution=256, attn_resolutions=(16,), dropout=0.),
     'digits16': dict(config='unet_digits_lite', resolution=16, attn_resolutions=(8,)),  # quick start
     'digits16wide': dict(config='unet_digits', resolution=16, attn_resolutions=(8,)),  # before issue 13
 }
@@ -227,7 +228,8 @@ def build(kind, model='cifar32', batch=16, dtype='float32', xla=False, const=Fal
     fn = _maybe_jit(lambda x_, t_: net(x_, t_, training=False), xla)
     bench = Bench(fn, (x, t))
   elif kind == 'train':
-    net = make_net(model, dtype=dtype, dropout=0.1)  # own weights: the step updates them
+    # own weights: the step updates them; dropout as the model was trained (diffusers' side too)
+    net = make_net(model, dtype=dtype, dropout=CONFIGS[model].get('dropout', 0.1))
     diffusion = make_diffusion()
     step, _, _ = make_train_step(net, diffusion)
     if xla:
