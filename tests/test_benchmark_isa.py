@@ -62,7 +62,7 @@ class _FakeWorker:
       return {'setup_s': 0.1, 'warmup_times': [0.1], 'tracing_after_warmup': 1}
     if cmd == 'time':
       assert msg['key'] in self.ready, f'{msg["key"]} timed before its setup in this worker'
-      return {'times': [self.seconds]}
+      return {'times': [self.seconds], 'cpu_times': [self.seconds]}
     if cmd == 'tracing':
       return {'tracing': {k: 1 for _, k in self.calls if k}}
     return {}

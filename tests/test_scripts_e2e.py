@@ -249,6 +249,7 @@ def test_sample_exports_arr0_npz_and_pngs(digits_run, work):
   assert os.path.getmtime(npz) == before and not os.path.exists(f'{work}/exp_sample2.npz')
 
 
+@pytest.mark.slow
 def test_evaluation_dump_exports(digits_run, work):
   from scripts import run_digits
   npz, pngs, shards = work / 'dump_arr0.npz', work / 'dump_pngs', work / 'shards'
@@ -264,6 +265,7 @@ def test_evaluation_dump_exports(digits_run, work):
     run_digits.evaluation(digits_run, once=True, export_npz=str(work / 'x.npz'))
 
 
+@pytest.mark.slow
 def test_evaluation_with_ttur_reference_stats(digits_run, work):
   from scripts import run_digits
   ref = digits_features.real_stats('all')
@@ -305,6 +307,7 @@ def test_reference_stats_files(tmp_path):
     interop.load_reference_stats(str(tmp_path / 'missing.npz'))
 
 
+@pytest.mark.slow  # needs the trained digits run
 def test_reference_stats_of_another_feature_network_are_refused(digits_run, work):
   from scripts import run_digits
   path = work / 'inception_like.npz'
