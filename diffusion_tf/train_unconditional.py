@@ -14,6 +14,7 @@ boundaries, so an epoch is that many updates' worth of images, not one exact pas
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -360,11 +361,6 @@ def sample_grid(unet, sched_cfg, num_images, num_steps, path):
   return images
 
 
-def _clock(seconds):
-  seconds = int(seconds) if math.isfinite(seconds) else 0
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
-
-
 class EpochHook(tpu_utils.StepHook):
   """The script's work between updates: the time estimate once the step rate is measured,
   sample grids and the pipeline folder at epoch ends (diffusers' epoch e = 0, 1, ...: when
@@ -393,7 +389,7 @@ class EpochHook(tpu_utils.StepHook):
       self.estimated = True
       grids = len({e for e in range(p.num_epochs) if e % p.flags['save_images_epochs'] == 0}
                   | {p.num_epochs - 1})
-      self.log_fn(f'Estimated time: {_clock((p.max_steps - step) / rate)} for the '
+      self.log_fn(f'Estimated time: {utils.format_duration((p.max_steps - step) / rate)} for the '
                   f'{p.max_steps - step} updates left, at {rate:.2f} updates/s (measured), '
                   f'plus {grids} sample grid(s) of {p.flags["eval_batch_size"]} images x '
                   f'{p.flags["ddpm_num_inference_steps"]} steps')
@@ -402,7 +398,7 @@ class EpochHook(tpu_utils.StepHook):
 
   def _ema(self):
     use = self.plan.flags['use_ema']
-    return tpu_utils.ema_scope(self.state.variables, self.state.ema_shadows) if use else _nothing()
+    return tpu_utils.ema_scope(self.state.variables, self.state.ema_shadows) if use else contextlib.nullcontext()
 
   def epoch_end(self, epoch, last):
     p, f = self.plan, self.plan.flags
@@ -417,21 +413,13 @@ class EpochHook(tpu_utils.StepHook):
           tf.summary.image('test_samples', images, max_outputs=len(images))
         to_come = len([e for e in range(epoch + 1, p.num_epochs - 1) if e % f['save_images_epochs'] == 0])
         to_come += 0 if last else 1
-        self.log_fn(f'Epoch {epoch}: wrote {self.grid} in {_clock(time.time() - t0)}'
+        self.log_fn(f'Epoch {epoch}: wrote {self.grid} in {utils.format_duration(time.time() - t0)}'
                     + (f' ({to_come} more grids to come)' if to_come else ''))
       if (epoch % f['save_model_epochs'] == 0 or last) and self.saved_step != step:
         write_pipeline_folder(self.state.model.net, p.scheduler_config, p.output_dir)
         self.saved_step = step
         self.log_fn(f'Epoch {epoch}: wrote the pipeline folder {p.output_dir} (step {step}'
                     + (', EMA weights)' if f['use_ema'] else ')'))
-
-
-class _nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -544,7 +532,7 @@ def run(flags, argv=()):
   folder = (f'pipeline folder {plan.output_dir}' if written else
             'no pipeline folder yet (written at epoch ends); --resume_from_checkpoint latest continues')
   print(f'Trained to step {step} ({step / plan.steps_per_epoch:.2f} epochs) in '
-        f'{_clock(time.time() - t0)}; {folder}; checkpoints and TensorBoard events in '
+        f'{utils.format_duration(time.time() - t0)}; {folder}; checkpoints and TensorBoard events in '
         f'{plan.run_dir}{pushed}')
   return plan
 

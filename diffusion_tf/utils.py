@@ -4,6 +4,7 @@ Gaussian likelihood, warmup, seeding, plus GCS bucket/region helpers and atomic 
 
 import io
 import json
+import math
 import os
 import random
 import urllib.request
@@ -271,6 +272,14 @@ def bucket_path(path, bucket_name_prefix, region):
   if not bucket_name_prefix or path is None or '://' in path or os.path.isabs(path):
     return path
   return f'gs://{bucket_name_prefix}-{region}/{path}'
+
+
+def format_duration(seconds):
+  """``H:MM:SS`` of ``seconds`` (rounded), or '-' for a duration not known yet (NaN, inf)."""
+  if not math.isfinite(seconds):
+    return '-'
+  seconds = int(round(seconds))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def log(msg):

@@ -195,13 +195,6 @@ def _print(msg):
   print(msg, flush=True)
 
 
-def _format_eta(seconds):
-  if not math.isfinite(seconds):
-    return '-'
-  seconds = int(round(seconds))
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
-
-
 class Progress:
   """``<what> i/n ... elapsed, ETA`` lines; skipped (resumed) items do not count towards
   the rate."""
@@ -220,8 +213,8 @@ class Progress:
     rate = done / elapsed if elapsed > 0 and done > 0 else float('nan')
     eta = (self.total - i) / rate if self.total is not None and rate > 0 else float('nan')
     total = '?' if self.total is None else self.total
-    self.log_fn(f'{self.what} {i}/{total}{extra}  {_format_eta(elapsed)} elapsed, '
-                f'ETA {_format_eta(eta)}')
+    self.log_fn(f'{self.what} {i}/{total}{extra}  {utils.format_duration(elapsed)} elapsed, '
+                f'ETA {utils.format_duration(eta)}')
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -441,7 +434,7 @@ class EvalWorker:
     self.log('FID ' + ', '.join(f'{metrics[k]:.4f} ({what})' for k, what in fids if k in metrics)
              + f', IS {metrics[f"samples/inception{N}"]:.4f} of {N} samples of {ckpt} '
              f'({"EMA" if ema else "raw"} weights, {inception.extractor_name(self.extractor)}) in '
-             f'{_format_eta(time.time() - t0)}; wrote {self.metrics_path(eval_dir, step, ema)} '
+             f'{utils.format_duration(time.time() - t0)}; wrote {self.metrics_path(eval_dir, step, ema)} '
              f'and {self.grid_path(eval_dir, step, ema)}')
     return metrics
 

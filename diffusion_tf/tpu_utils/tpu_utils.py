@@ -633,7 +633,7 @@ def _loop(train_loop, iterator, state, run_dir, settings, log_fn, hook):
       hook.after(state, step, rate)
     run_dir.save(step, 'signal' if stop.signum is not None else 'end of training')
   run_dir.writer.flush()
-  log_fn(f'Trained {step - start_step} steps in {_format_eta(time.time() - t_start)}; '
+  log_fn(f'Trained {step - start_step} steps in {utils.format_duration(time.time() - t_start)}; '
          f'checkpoint {run_dir.latest_checkpoint()}; logs {run_dir.path}')
   return stop.signum
 
@@ -654,11 +654,4 @@ def _progress_line(step, max_steps, mean_loss, rate, loss_scale):
   scale_text = '' if loss_scale is None else (
       f'  loss scale {loss_scale.scale.numpy():g} ({int(loss_scale.skipped.numpy())} steps skipped)')
   return (f'step {step}' + (f'/{max_steps}' if max_steps < 1e9 else '')
-          + f'  loss {mean_loss:.5f}  {rate_text}  ETA {_format_eta(eta)}{scale_text}')
-
-
-def _format_eta(seconds):
-  if not math.isfinite(seconds):
-    return '-'
-  seconds = int(seconds)
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+          + f'  loss {mean_loss:.5f}  {rate_text}  ETA {utils.format_duration(eta)}{scale_text}')
