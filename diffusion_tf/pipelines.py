@@ -245,21 +245,41 @@ class Pipeline:
       gen.reset(tf.random.Generator.from_non_deterministic_state(alg=alg).state)
     return gen, ('generator', alg)
 
-  def _loop(self, shape, settings, noise, noise_key):
-    """The compiled loop x_T [shape] -> x_0 for these settings and noise source."""
-    key = (shape, settings, noise_key, self.unet.compute_dtype)  # read when traced
+  def _compiled(self, key, make, specs):
+    """``make(denoise)`` traced for ``specs`` with the weights as constants, kept under ``key``
+    and the U-Net's compute dtype (both read when traced); the oldest dropped past
+    ``_MAX_LOOPS``. ``denoise`` ticks the progress bar."""
+    key = (key, self.unet.compute_dtype)
     loop = self._loops.get(key)
     if loop is None:
-      diffusion, denoise = self.diffusion, self._progress.wrap(self._denoise)
-      noise_fn = lambda shape, dtype: noise.normal(shape, dtype=dtype)
       with nn.constant_weights():  # traced now, so the weights are read now
-        loop = tf.function(lambda x: settings.loop(diffusion, denoise, shape=shape, x_T=x,
-                                                   noise_fn=noise_fn)).get_concrete_function(
-            tf.TensorSpec(shape, tf.float32))
+        loop = tf.function(make(self._progress.wrap(self._denoise))).get_concrete_function(*specs)
       self._loops[key] = loop
       while len(self._loops) > self._MAX_LOOPS:
         self._loops.popitem(last=False)
     return loop
+
+  def _run(self, loop, inputs, *, total, progress, noise, generator, output_type):
+    """``loop(*inputs)`` with a progress bar of ``total`` network evaluations; the caller's
+    generator left as if it had drawn the noise; returns `_output`."""
+    if progress:
+      from tqdm.auto import tqdm
+      self._progress.bar = tqdm(total=total, desc=type(self).__name__)
+    try:
+      x = loop(*inputs).numpy()
+    finally:
+      if self._progress.bar is not None:
+        self._progress.bar.close()
+      self._progress.bar = None
+    if isinstance(generator, tf.random.Generator):
+      generator.reset(noise.state)
+    return _output(x, output_type)
+
+  def _loop(self, shape, settings, noise, noise_key):
+    """The compiled loop x_T [shape] -> x_0 for these settings and noise source."""
+    diffusion, noise_fn = self.diffusion, lambda shape, dtype: noise.normal(shape, dtype=dtype)
+    return self._compiled((shape, settings, noise_key), lambda denoise: lambda x: settings.loop(
+        diffusion, denoise, shape=shape, x_T=x, noise_fn=noise_fn), [tf.TensorSpec(shape, tf.float32)])
 
   def __call__(self, batch_size=1, num_inference_steps=None, *, seed=None, generator=None,
                latents=None, output_type='pil', progress=True, **options):
@@ -275,19 +295,9 @@ class Pipeline:
     latents = tf.convert_to_tensor(latents, tf.float32)
     if tuple(latents.shape) != shape:
       raise ValueError(f'latents must have shape {shape} (batch_size, H, W, C), got {tuple(latents.shape)}')
-    loop = self._loop(shape, settings, noise, noise_key)
-    if progress:
-      from tqdm.auto import tqdm
-      self._progress.bar = tqdm(total=settings.num_evaluations, desc=type(self).__name__)
-    try:
-      x = loop(latents).numpy()
-    finally:
-      if self._progress.bar is not None:
-        self._progress.bar.close()
-      self._progress.bar = None
-    if isinstance(generator, tf.random.Generator):  # as if the caller's generator drew the noise
-      generator.reset(noise.state)
-    return _output(x, output_type)
+    return self._run(self._loop(shape, settings, noise, noise_key), [latents],
+                     total=settings.num_evaluations, progress=progress, noise=noise,
+                     generator=generator, output_type=output_type)
 
   def num_evaluations(self, steps):
     """Network evaluations of a call with ``num_inference_steps=steps``."""
@@ -317,29 +327,12 @@ class Pipeline:
       raise ValueError(f'output_type must be one of {OUTPUT_TYPES}, got {output_type!r}')
     noise, noise_key = self._noise_source(seed, generator)
     tensors = [tf.convert_to_tensor(t, tf.float32) for t in tensors]
-    key = (key, tuple(tuple(t.shape) for t in tensors), noise_key)
-    loop = self._loops.get(key)
-    if loop is None:
-      denoise = self._progress.wrap(self._denoise)
-      noise_fn = lambda shape, dtype=tf.float32: noise.normal(shape, dtype=dtype)
-      with nn.constant_weights():
-        loop = tf.function(lambda *ts: edit(denoise, noise_fn, *ts)).get_concrete_function(
-            *[tf.TensorSpec(t.shape, tf.float32) for t in tensors])
-      self._loops[key] = loop
-      while len(self._loops) > self._MAX_LOOPS:
-        self._loops.popitem(last=False)
-    if progress:
-      from tqdm.auto import tqdm
-      self._progress.bar = tqdm(total=total, desc=type(self).__name__)
-    try:
-      x = loop(*tensors).numpy()
-    finally:
-      if self._progress.bar is not None:
-        self._progress.bar.close()
-      self._progress.bar = None
-    if isinstance(generator, tf.random.Generator):
-      generator.reset(noise.state)
-    return _output(x, output_type)
+    noise_fn = lambda shape, dtype=tf.float32: noise.normal(shape, dtype=dtype)
+    loop = self._compiled((key, tuple(tuple(t.shape) for t in tensors), noise_key),
+                          lambda denoise: lambda *ts: edit(denoise, noise_fn, *ts),
+                          [tf.TensorSpec(t.shape, tf.float32) for t in tensors])
+    return self._run(loop, tensors, total=total, progress=progress, noise=noise,
+                     generator=generator, output_type=output_type)
 
   def img2img(self, image, strength=0.8, num_inference_steps=None, *, seed=None, generator=None,
               output_type='pil', progress=True, **options):
