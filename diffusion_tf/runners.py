@@ -377,9 +377,7 @@ def export(recipe, flags):
   model, run, prefix, step = loading.load_for_sampling(
       recipe, model_dir=flags['model_dir'], ckpt=flags['ckpt'], pretrained=flags['pretrained'],
       ema=flags['ema'], mixed_precision=None if flags['pretrained'] else 'float32')
-  chosen = sampler_flags(flags)
-  settings = sampling.SamplerSettings.resolve(chosen.pop('sampler'), model.diffusion.num_timesteps,
-                                              **chosen)
+  settings = _sampler_settings(flags, model)
   print(f'Loaded {"EMA" if flags["ema"] else "raw"} weights from {prefix}'
         + (f' (step {step})' if step is not None else '') + f'; exporting {settings.describe()}',
         flush=True)
@@ -428,9 +426,7 @@ def _inpaint_edit(flags, model):
            f'{flags["jump_n_sample"]}, eta={flags["eta"]}')
     return (lambda noise_fn, x0, m: editing.repaint_loop(d, model.denoise, x0=x0, mask=m,
                                                          noise_fn=noise_fn, **kw)), how, evals
-  settings = sampling.SamplerSettings.resolve(
-      flags['sampler'], d.num_timesteps, steps=flags['steps'], eta=flags['eta'],
-      spacing=flags['spacing'], order=flags['order'])
+  settings = _sampler_settings(flags, model)
   settings.levels_after_steps(d)  # refuses a sampler that cannot replace, before any work
   return (lambda noise_fn, x0, m: editing.replace_loop(settings, d, model.denoise, x0=x0, mask=m,
                                                        noise_fn=noise_fn),
@@ -464,9 +460,7 @@ def img2img(recipe, flags):
   model = _edit_model(recipe, flags)
   images, x0 = _edit_images(flags, model)
   d = model.diffusion
-  settings = sampling.SamplerSettings.resolve(
-      flags['sampler'], d.num_timesteps, steps=flags['steps'], eta=flags['eta'],
-      spacing=flags['spacing'], order=flags['order'])
+  settings = _sampler_settings(flags, model)
   k = editing.strength_steps(settings, flags['strength'])
   settings.check_start(k or None)
   out = flags['out'] or 'img2img'
