@@ -551,6 +551,11 @@ SCHEDULER_DEFAULTS.update({
     'KDPM2DiscreteScheduler': dict(_SIGMA, **_SD_BETAS, **_SIGMA_OPTIONS),
     'KDPM2AncestralDiscreteScheduler': dict(_SIGMA, **_SD_BETAS, **_SIGMA_OPTIONS),
 })
+# Scheduler classes read for their noise schedule alone, as the class named here reads them:
+# RePaint's own options (eta, and the jumps it takes as call arguments) are RePaintPipeline's.
+READ_AS = {'RePaintScheduler': 'DDPMScheduler'}
+REPAINT_KEYS = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'eta',
+                'trained_betas', 'clip_sample')  # RePaintScheduler's whole config
 _VARIANCE_TYPES = {'fixed_large': 'fixedlarge', 'fixed_small': 'fixedsmall'}
 _PREDICTION_TYPES = {'epsilon': 'eps', 'sample': 'xstart'}
 
@@ -559,6 +564,7 @@ def scheduler_config_with_defaults(config, class_name=None):
   """The config read by ``class_name``'s scheduler (default: the one it names), as diffusers'
   ``from_config`` does: the class's options from the file, the rest defaults."""
   name = class_name or config.get('_class_name', 'DDPMScheduler')
+  name = READ_AS.get(name, name)
   if name not in SCHEDULER_DEFAULTS:
     raise DiffusersFormatError(f'scheduler _class_name {name!r} is not supported '
                                f'(supported: {sorted(SCHEDULER_DEFAULTS)})')
@@ -615,15 +621,21 @@ def betas_from_scheduler_config(cfg):
                              f'(linear, scaled_linear, squaredcos_cap_v2 or trained_betas)')
 
 
-def diffusion_from_scheduler_config(config, class_name=None):
+def diffusion_from_scheduler_config(config, class_name=None, *, thresholding=False):
   """(GaussianDiffusion2, the scheduler options with defaults) for a scheduler config.
 
-  Refuses, naming option and value, what our diffusion and samplers do not compute.
+  Refuses, naming option and value, what our diffusion and samplers do not compute
+  (``thresholding=True``: the sampler reading it computes diffusers' dynamic thresholding).
   """
   cfg = scheduler_config_with_defaults(config, class_name)
-  for key, ok in (('thresholding', False), ('rescale_betas_zero_snr', False)):
-    if cfg.get(key, ok) != ok:
-      raise DiffusersFormatError(f'scheduler option {key}={cfg[key]!r} is not supported')
+  if cfg.get('thresholding', False) not in (False, bool(thresholding)):
+    raise DiffusersFormatError(f'scheduler option thresholding={cfg["thresholding"]!r} is not '
+                               f'supported by {class_name or config.get("_class_name")} (it is by '
+                               f'the multistep and singlestep solvers: dpmsolver++, unipc, deis, '
+                               f'sasolver)')
+  if cfg.get('rescale_betas_zero_snr', False):
+    raise DiffusersFormatError(f'scheduler option rescale_betas_zero_snr='
+                               f'{cfg["rescale_betas_zero_snr"]!r} is not supported')
   if cfg.get('clip_sample_range', 1.0) != 1.0:
     raise DiffusersFormatError(f'scheduler option clip_sample_range={cfg["clip_sample_range"]!r} '
                                f'is not supported (our samplers clip x0 to [-1, 1])')
@@ -671,3 +683,16 @@ def scheduler_config(diffusion, class_name='DDPMScheduler', *, clip_sample=True,
     cfg['variance_type'] = variance
   cfg.update({k: v for k, v in options.items() if k in cfg})
   return {'_class_name': class_name, '_diffusers_version': DIFFUSERS_VERSION, **cfg}
+
+
+def repaint_scheduler_config(diffusion, *, eta=0.):
+  """diffusers' RePaintScheduler config of our diffusion (for RePaintPipeline folders, which
+  diffusers loads with that scheduler). It has no prediction or variance type: RePaint
+  predicts epsilon and draws with the posterior variance, so other models are refused."""
+  ddpm = scheduler_config(diffusion)
+  if ddpm['prediction_type'] != 'epsilon':
+    raise DiffusersFormatError(f'prediction_type {ddpm["prediction_type"]!r}: diffusers\' '
+                               f'RePaintScheduler only computes epsilon-predicting models')
+  cfg = {k: ddpm.get(k) for k in REPAINT_KEYS}
+  cfg['eta'] = float(eta)
+  return {'_class_name': 'RePaintScheduler', '_diffusers_version': DIFFUSERS_VERSION, **cfg}

@@ -189,13 +189,16 @@ class Pipeline:
       raise FileExistsError(f'{out_dir} already holds a model ({", ".join(existing)}); pass '
                             f'overwrite=True (--overwrite) or another folder')
     unet_config = fmt.unet_config(self.unet)  # refuses what diffusers cannot express, first
-    sched = self.scheduler.config
+    sched = self._saved_scheduler_config()
     index = {'_class_name': self.pipeline_class, '_diffusers_version': fmt.DIFFUSERS_VERSION,
              'scheduler': ['diffusers', sched['_class_name']], 'unet': ['diffusers', 'UNet2DModel']}
     fmt.write_weights(os.path.join(out_dir, 'unet'), fmt.state_dict(self.unet), overwrite=True)
     for path, obj in zip((files[0], files[1], files[3]), (index, unet_config, sched)):
       utils.atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode())
     return out_dir
+
+  def _saved_scheduler_config(self):
+    return self.scheduler.config
 
   # -- sampling
 
@@ -429,9 +432,14 @@ class RePaintPipeline(Pipeline):
   """RePaint inpainting as diffusers' RePaintPipeline + RePaintScheduler (`editing.repaint_loop`):
   ``pipe(image, mask_image, num_inference_steps=250, eta=0., jump_length=10, jump_n_sample=10,
   seed= / generator=, output_type=)``; the mask's white (1) keeps, black (0) is filled. The
-  noise schedule is the model's (its scheduler config is kept as it is)."""
+  noise schedule is the model's; ``save_pretrained`` writes it as a RePaintScheduler config,
+  which diffusers' RePaintPipeline needs (and which we read back as the DDPM noise schedule)."""
   pipeline_class = 'RePaintPipeline'
   default_steps = 250
+
+  def _saved_scheduler_config(self):
+    """diffusers' RePaintPipeline takes a RePaintScheduler (its call fails with any other)."""
+    return fmt.repaint_scheduler_config(self.diffusion)
 
   def __call__(self, image, mask_image, num_inference_steps=250, eta=0., jump_length=10,
                jump_n_sample=10, *, seed=None, generator=None, output_type='pil', progress=True):

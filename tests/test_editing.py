@@ -2,6 +2,7 @@
 inpainting by replacement, image-to-image and interpolation, on small diffusions with a fake
 noise predictor (the properties hold for any network)."""
 
+import json
 import os
 
 import numpy as np
@@ -182,7 +183,7 @@ def test_strength_1_is_the_sampler_started_from_q_of_x0(data, name, steps):
 
 
 @pytest.mark.parametrize('name,steps', [('ddpm', 10), ('ddim', 10), ('dpmsolver++', 8), ('unipc', 8),
-                                        ('sde-dpmsolver++', 8)])
+                                        ('sde-dpmsolver++', 8), ('deis', 8)])
 def test_a_part_way_start_runs_the_last_steps(data, name, steps):
   x0, _ = data
   d = v2()
@@ -197,7 +198,7 @@ def test_a_part_way_start_runs_the_last_steps(data, name, steps):
     np.testing.assert_allclose(out, tail.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['pndm', 'sasolver', 'deis', 'euler'])
+@pytest.mark.parametrize('name', ['pndm', 'sasolver', 'dpmsolver++_singlestep', 'euler'])
 def test_samplers_without_a_part_way_start_are_refused(data, name):
   s = sampling.SamplerSettings.resolve(name, 40, steps=8)
   with pytest.raises(FlagError, match='part-way'):
@@ -289,3 +290,25 @@ def test_pipeline_img2img_and_interpolate():
   row = pipe.interpolate(image[:1], image[1:], t=5, num=3, seed=0, output_type='np',
                          progress=False).images
   assert row.shape == (3, 8, 8, 3)
+
+
+def test_repaint_pipeline_saves_the_scheduler_diffusers_repaint_needs(tmp_path):
+  """diffusers' RePaintPipeline calls its scheduler with RePaint's arguments: a folder it loads
+  must name RePaintScheduler, with that class's options alone; we read it back as the DDPM
+  noise schedule."""
+  pipe = pipelines.RePaintPipeline.from_pretrained(FOLDERS['google'])
+  pipe.save_pretrained(str(tmp_path))
+  index = json.load(open(tmp_path / 'model_index.json'))
+  config = json.load(open(tmp_path / 'scheduler' / 'scheduler_config.json'))
+  assert index['_class_name'] == 'RePaintPipeline'
+  assert index['scheduler'] == ['diffusers', 'RePaintScheduler'] == ['diffusers', config['_class_name']]
+  # RePaintScheduler().config of diffusers 0.42: these keys, no prediction or variance type.
+  assert set(config) - {'_class_name', '_diffusers_version'} == {
+      'num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'eta', 'trained_betas',
+      'clip_sample'}
+  for cls in (pipelines.RePaintPipeline, pipelines.DDPMPipeline):
+    back = cls.from_pretrained(str(tmp_path))
+    np.testing.assert_array_equal(back.diffusion.betas, pipe.diffusion.betas)
+  xstart = pipelines.RePaintPipeline(pipe.unet, dict(pipe._raw_scheduler_config, prediction_type='sample'))
+  with pytest.raises(ValueError, match='epsilon'):
+    xstart.save_pretrained(str(tmp_path / 'x'))
