@@ -621,10 +621,10 @@ def _deis_rho_weights(rho_t, rho_s):
 
 
 def deis_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offset=0,
-              lower_order_final=True):
+              lower_order_final=True, first=0):
   """Per-evaluation coefficients of DEISMultistepScheduler (log-rho, its final sigma the
   first training step's): over the eps history e1 (newest) .. e3,
-  ``x <- px[k] * x + ph[k] . (e1, e2, e3)``."""
+  ``x <- px[k] * x + ph[k] . (e1, e2, e3)``. ``first`` as in `dpm_solver_plan`."""
   if order not in SOLVER_ORDERS:
     raise FlagError(f'--order must be one of {SOLVER_ORDERS} for deis, got {order!r}')
   ts, sig = _solver_sigmas(alphas_cumprod, steps, spacing, steps_offset, 'dpmsolver++',
@@ -633,8 +633,8 @@ def deis_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offse
   rho = sigma / alpha
   N = len(ts)
   px, ph = np.zeros(N), np.zeros((N, 3))
-  for k in range(N):
-    o = min(order, k + 1)
+  for k in range(first, N):
+    o = min(order, k - first + 1)
     if lower_order_final and N < 15:
       o = min(o, N - k)
     px[k] = alpha[k + 1] / alpha[k]
@@ -642,8 +642,8 @@ def deis_plan(alphas_cumprod, *, steps, order=2, spacing='linspace', steps_offse
       ph[k, 0] = -sigma[k + 1] * np.expm1(lam[k + 1] - lam[k])
     else:
       ph[k, :o] = alpha[k + 1] * _deis_rho_weights(rho[k + 1], rho[k - np.arange(o)])
-  return dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=np.ones(N), cl=np.zeros(N),
-              cm=np.zeros((N, 4)))
+  return _from_step(dict(t=ts, alpha=alpha[:N], sigma=sigma[:N], px=px, ph=ph, cx=np.ones(N),
+                         cl=np.zeros(N), cm=np.zeros((N, 4))), first)
 
 
 def dpm_solver_singlestep_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2,
@@ -665,13 +665,14 @@ def dpm_solver_singlestep_sample_loop(diffusion, denoise_fn, *, shape, steps, or
 def deis_sample_loop(diffusion, denoise_fn, *, shape, steps, order=2, spacing='linspace',
                      steps_offset=0, lower_order_final=True, thresholding=False,
                      dynamic_thresholding_ratio=0.995, sample_max_value=1., x_T=None,
-                     noise_fn=tf.random.normal):
+                     noise_fn=tf.random.normal, first=0):
   """DEIS multistep (Zhang & Chen 2023) as diffusers' ``DEISMultistepScheduler`` (log-rho;
   defaults are diffusers'). ``steps`` network evaluations; deterministic given ``x_T``. Returns
-  [B, H, W, C] at the first training step's noise level (as diffusers: not the x0 prediction)."""
+  [B, H, W, C] at the first training step's noise level (as diffusers: not the x0 prediction).
+  ``first``: start at that step (`_from_step`)."""
   _check_diffusion(diffusion)
   plan = deis_plan(diffusion.alphas_cumprod, steps=steps, order=order, spacing=spacing,
-                   steps_offset=steps_offset, lower_order_final=lower_order_final)
+                   steps_offset=steps_offset, lower_order_final=lower_order_final, first=first)
   return _run_multistep(diffusion, denoise_fn, shape, plan, x_T, noise_fn, history='eps',
                         threshold=_threshold_option(thresholding, dynamic_thresholding_ratio,
                                                     sample_max_value))
