@@ -241,6 +241,7 @@ class SamplerEntry:
   required: tuple = ()
   replaced: tuple = ()  # (key, values, value): what the diffusers class reads those values as
   selects: tuple = ()  # (key, value): the config values that pick this entry among its class's
+  thresholds: bool = False  # its loop takes diffusers' dynamic thresholding (`THRESHOLDING`)
 
   @property
   def spacings(self):
@@ -250,6 +251,10 @@ class SamplerEntry:
   def config_defaults(self):
     return fmt.SCHEDULER_DEFAULTS[self.scheduler_class]
 
+
+# diffusers' dynamic thresholding (Imagen's) of the x0 prediction: config keys read, when
+# ``thresholding`` is on, by the entries with ``thresholds``.
+THRESHOLDING = ('thresholding', 'dynamic_thresholding_ratio', 'sample_max_value')
 
 _NO_HOOK = ('cannot run a per-step replacement (it keeps a history of earlier outputs, which '
             'would mix replaced and unreplaced samples)')
@@ -462,8 +467,10 @@ def settings_from_scheduler_config(config, class_name=None):
   ``class_name`` (default: its ``_class_name``) reads it, as diffusers' ``from_config``: the
   class's fields from the config, its defaults for the rest. Refuses what we do not compute."""
   class_name = class_name or config.get('_class_name', 'DDPMScheduler')
+  class_name = fmt.READ_AS.get(class_name, class_name)
   entry_for_scheduler_class(class_name)  # an unsupported class named before the config is read
-  diffusion, cfg = fmt.diffusion_from_scheduler_config(config, class_name)
+  thresholds = all(e.thresholds for e in REGISTRY.values() if e.scheduler_class == class_name)
+  diffusion, cfg = fmt.diffusion_from_scheduler_config(config, class_name, thresholding=thresholds)
   entry = entry_for_scheduler_class(class_name, cfg)
   for key, values, value in entry.replaced:  # e.g. another solver's solver_type
     cfg[key] = value if cfg.get(key) in values else cfg.get(key)
@@ -477,10 +484,11 @@ def settings_from_scheduler_config(config, class_name=None):
   fields = {field: cfg[key] for field, key in entry.config_fields}
   if 'order' in fields:
     fields['order'] = check_order(entry.name, fields['order'])
+  options = entry.options + (THRESHOLDING if cfg.get('thresholding') else ())
   settings = SamplerSettings(
       entry.name, diffusion.num_timesteps, spacing=cfg['timestep_spacing'],
       steps_offset=int(cfg['steps_offset']),
-      options=tuple(sorted((k, cfg[k]) for k in entry.options)), **fields)
+      options=tuple(sorted((k, cfg[k]) for k in options)), **fields)
   return settings, diffusion, cfg
 
 
@@ -631,13 +639,13 @@ REGISTRY = {e.name: e for e in (
     SamplerEntry('dpmsolver++', 'DPMSolverMultistepScheduler', _multistep_loop(dpm_solver_sample_loop),
                  _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
-                 options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
+                 thresholds=True, options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
                  required=(('algorithm_type', ('dpmsolver++',)), ('euler_at_final', (False,)))
                  + _ZERO_FINAL, replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),)),
     SamplerEntry('unipc', 'UniPCMultistepScheduler', _multistep_loop(unipc_sample_loop),
                  _diffusers_timesteps('unipc'), default_steps=20, orders=SOLVER_ORDERS,
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
-                 options=('lower_order_final',),
+                 thresholds=True, options=('lower_order_final',),
                  required=(('solver_type', ('bh2',)), ('predict_x0', (True,)),
                            ('disable_corrector', ([],))) + _ZERO_FINAL,
                  replaced=(('solver_type', ('midpoint', 'heun', 'logrho'), 'bh2'),)),
@@ -645,26 +653,26 @@ REGISTRY = {e.name: e for e in (
                  _multistep_loop(dpm_solver_sample_loop, algorithm_type='sde-dpmsolver++'),
                  _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
-                 options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
+                 thresholds=True, options=('lower_order_final', 'solver_type', 'use_lu_lambdas'),
                  required=(('euler_at_final', (False,)),) + _ZERO_FINAL,
                  replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),),
                  selects=(('algorithm_type', 'sde-dpmsolver++'),)),
     SamplerEntry('sasolver', 'SASolverScheduler', _sa_solver_loop, _diffusers_timesteps('dpmsolver++'),
                  default_steps=20, orders=SA_ORDERS, default_order=2, diffusers_spacing='linspace',
                  config_fields=(('order', 'predictor_order'),),
-                 options=('corrector_order', 'lower_order_final'),
+                 thresholds=True, options=('corrector_order', 'lower_order_final'),
                  required=(('algorithm_type', ('data_prediction',)), ('tau_func', (None,)),
                            ('use_karras_sigmas', (False,)))),
     SamplerEntry('dpmsolver++_singlestep', 'DPMSolverSinglestepScheduler', _singlestep_loop,
                  _linspace_only_timesteps, default_steps=20, orders=SOLVER_ORDERS, default_order=2,
                  diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
-                 options=('solver_type',), required=(('algorithm_type', ('dpmsolver++',)),) + _ZERO_FINAL,
+                 thresholds=True, options=('solver_type',), required=(('algorithm_type', ('dpmsolver++',)),) + _ZERO_FINAL,
                  replaced=(('solver_type', ('logrho', 'bh1', 'bh2'), 'midpoint'),
                            ('timestep_spacing', ('leading', 'trailing'), 'linspace'))),
     SamplerEntry('deis', 'DEISMultistepScheduler', _multistep_loop(deis_sample_loop),
                  _diffusers_timesteps('dpmsolver++'), default_steps=20, orders=SOLVER_ORDERS,
                  default_order=2, diffusers_spacing='linspace', config_fields=(('order', 'solver_order'),),
-                 options=('lower_order_final',),
+                 thresholds=True, options=('lower_order_final',),
                  required=(('algorithm_type', ('deis',)), ('solver_type', ('logrho',)),
                            ('use_karras_sigmas', (False,))),
                  replaced=(('algorithm_type', ('dpmsolver', 'dpmsolver++'), 'deis'),

@@ -423,3 +423,19 @@ def test_bad_sampler_options_fail_before_work():
                         (dict(sampler='deis', order=4), '--order')):
     with pytest.raises(ValueError, match=match):
       sampling.Sampler(_Model(diffusion, denoise), **kwargs)
+
+
+def test_thresholding_in_a_scheduler_config_reaches_the_solver(fx):
+  """A DPMSolverMultistepScheduler config with diffusers' dynamic thresholding on (as a pipeline
+  or `--pretrained` model reads it) runs the thresholded solver: diffusers' trajectory."""
+  config = {'_class_name': 'DPMSolverMultistepScheduler', 'num_train_timesteps': T,
+            'beta_start': 1e-4, 'beta_end': 0.02, 'thresholding': True,
+            'dynamic_thresholding_ratio': 0.9, 'sample_max_value': 1.2}
+  settings, diffusion, _ = sampling.settings_from_scheduler_config(config)
+  x_T = fx['x_T']
+  out = settings.with_steps(6).loop(diffusion, GaussianDenoiser(diffusion, fx['mu']),
+                                    shape=x_T.shape, x_T=x_T).numpy()
+  np.testing.assert_allclose(out, fx['dpm_o2_threshold_6/trajectory'][-1], rtol=1e-4, atol=2e-5 * 6)
+  for name in ('DDPMScheduler', 'DDIMScheduler'):  # their option; our loops do not compute it
+    with pytest.raises(ValueError, match=f'thresholding=True is not supported by {name}'):
+      sampling.settings_from_scheduler_config(dict(config, _class_name=name))
