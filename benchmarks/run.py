@@ -111,8 +111,11 @@ def table_plan(quick):
           ('forward', 'forward', 'cifar32', 16, fwd, r(5), 1),
           ('forward', 'forward', 'cifar32', 64, fwd, r(3), 1),
           ('train', 'train', 'cifar32', 16, train, r(4), 1),
+          ('train', 'train', 'cifar32', 64, train, r(3), 1),
           ('forward', 'forward', 'big256', 1, fwd, r(4), 1),
-          ('train', 'train', 'big256', 1, train, r(3), 1)]
+          ('forward', 'forward', 'big256', 4, fwd, r(3), 1),
+          ('train', 'train', 'big256', 1, train, r(3), 1),
+          ('train', 'train', 'big256', 4, train, r(2), 1)]
 
 
 def plan(quick, xla, with_diffusers_bf16, fp32_only=False, vs_torch_best=False, table=False):
@@ -691,6 +694,10 @@ def main():
   p.add_argument('--no-compile', action='store_true',
                  help='leave out the torch.compile variants (inductor compiles for minutes per '
                       'case, far longer on a loaded machine)')
+  p.add_argument('--dtype', default=None, choices=('float32', 'bfloat16'),
+                 help='only the variants in this dtype (a worker holds every variant of a case: '
+                      'the six 256x256 or batch-64 training variants of one framework can '
+                      'exceed the memory of a 24 GB machine)')
   p.add_argument('--torch-python', default=TORCH_PY,
                  help='Python of the diffusers venv (default: $DIFFUSION_TF_TORCH_PYTHON or '
                       'benchmarks/.venv-torch/bin/python)')
@@ -715,6 +722,7 @@ def main():
   log(f'load average {load_start}')
   data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(), 'isa': a.isa,
           'vs_torch_best': a.vs_torch_best, 'table': a.table, 'no_compile': a.no_compile,
+          'dtype': a.dtype,
           'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
   loads = [load_start[0]]
   workers = {}
@@ -746,6 +754,8 @@ def main():
         cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
       if a.no_compile:
         cases = [c[:4] + ([v for v in c[4] if vmode(v) != 'compile'],) + c[5:] for c in cases]
+      if a.dtype:
+        cases = [c[:4] + ([v for v in c[4] if v[1] == a.dtype],) + c[5:] for c in cases]
       def restart(fw):
         workers.pop(fw).p.kill()
         workers[fw] = Worker(fw, sys.executable if fw == 'ours' else a.torch_python, a.threads,
