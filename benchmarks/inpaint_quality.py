@@ -55,10 +55,9 @@ def kept_half_alone(images, truth):
   estimated as the mean probability of the true label under that SVM's calibrated
   (Platt) probabilities: a fill drawn from the data's own conditional keeps the label with
   that probability."""
-  from sklearn.svm import SVC
   train, labels = training_digits(images.shape[1])
   upper = lambda a: digits_classifier._features(a[:, :a.shape[1] // 2])
-  svm = SVC(gamma='scale', C=3., probability=True, random_state=0).fit(upper(train), labels)
+  svm = digits_classifier.fit_svm(upper(train), labels, probability=True, random_state=0)
   p = svm.predict_proba(upper(images))
   best = svm.classes_[p.argmax(axis=1)]
   return np.mean(best == truth), np.mean(p[np.arange(len(truth)), np.searchsorted(svm.classes_, truth)])

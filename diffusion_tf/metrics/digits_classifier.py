@@ -35,9 +35,11 @@ def _features(images):
   return images.astype(np.float64).mean(axis=-1).reshape(len(images), -1) / 255.
 
 
-def fit_svm(features, labels):
+def fit_svm(features, labels, **options):
+  """The RBF SVM every digit reading here uses; ``options``: more `sklearn.svm.SVC` arguments
+  (e.g. ``probability=True`` for calibrated class probabilities)."""
   from sklearn.svm import SVC
-  return SVC(gamma='scale', C=3., decision_function_shape='ovo').fit(features, labels)
+  return SVC(gamma='scale', C=3., decision_function_shape='ovo', **options).fit(features, labels)
 
 
 @functools.lru_cache(maxsize=4)
