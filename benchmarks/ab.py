@@ -49,6 +49,8 @@ def main():
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--b_direct', action='store_true',
                  help="B with TF's direct 3x3 convolutions (nn.winograd(False)): --b may be --a")
+  p.add_argument('--const', action='store_true',
+                 help="forward cases on the samplers' path (weights compiled in as constants)")
   p.add_argument('--b_env', action='append', default=[], metavar='KEY=VALUE',
                  help='environment of B only, e.g. --b_env ONEDNN_MAX_CPU_ISA=AVX2 '
                       '--b_env DIFFUSION_TF_KERNEL_ARCH=x86-64-v3 (B as on an AVX2 CPU)')
@@ -62,7 +64,7 @@ def main():
       key = case
       for name, s in sides.items():
         s.call(cmd='setup', key=key, kind=kind, model=model, batch=batch, dtype=a.dtype,
-               direct=name == 'B' and a.b_direct)
+               direct=name == 'B' and a.b_direct, const=a.const)
       ts, cs = {'A': [], 'B': []}, {'A': [], 'B': []}
       for r in range(a.repeats):
         for name in (('A', 'B') if r % 2 == 0 else ('B', 'A')):

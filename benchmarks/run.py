@@ -168,6 +168,21 @@ def plan(quick, xla, with_diffusers_bf16, fp32_only=False, vs_torch_best=False, 
   return cases
 
 
+def select_cases(cases, only=None, repeats=None, no_compile=False, dtype=None, variants=None):
+  """The cases and variants a run measures: `only` "kind:model:batch,..." cells, `variants`
+  "ours/float32,diffusers/float32/channels_last,..." names; a case left without variants is
+  dropped."""
+  if only:
+    want = set(only.split(','))
+    cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
+  if repeats:
+    cases = [c[:5] + (repeats,) + c[6:] for c in cases]
+  keep = lambda v: ((not no_compile or vmode(v) != 'compile') and (not dtype or v[1] == dtype)
+                    and (not variants or vname(v) in variants.split(',')))
+  cases = [c[:4] + ([v for v in c[4] if keep(v)],) + c[5:] for c in cases]
+  return [c for c in cases if c[4]]
+
+
 def vname(v):
   return '/'.join(v)
 
@@ -698,6 +713,10 @@ def main():
                  help='only the variants in this dtype (a worker holds every variant of a case: '
                       'the six 256x256 or batch-64 training variants of one framework can '
                       'exceed the memory of a 24 GB machine)')
+  p.add_argument('--variants', default=None,
+                 help='only these variants, comma-separated names as in the report, e.g. '
+                      '"ours/float32,diffusers/float32/channels_last" (a run per diffusers '
+                      'configuration where a worker holding two would not fit in memory)')
   p.add_argument('--torch-python', default=TORCH_PY,
                  help='Python of the diffusers venv (default: $DIFFUSION_TF_TORCH_PYTHON or '
                       'benchmarks/.venv-torch/bin/python)')
@@ -722,7 +741,7 @@ def main():
   log(f'load average {load_start}')
   data = {'quick': a.quick, 'xla': a.xla, 'threads': a.threads, 'machine': machine_info(), 'isa': a.isa,
           'vs_torch_best': a.vs_torch_best, 'table': a.table, 'no_compile': a.no_compile,
-          'dtype': a.dtype,
+          'dtype': a.dtype, 'variants': a.variants,
           'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'notes': []}
   loads = [load_start[0]]
   workers = {}
@@ -747,15 +766,10 @@ def main():
       # the cap, and they fail): under --isa avx2 only float32 is measured.
       cases = plan(a.quick, a.xla, not a.no_diffusers_bf16, fp32_only=a.isa != 'native',
                    vs_torch_best=a.vs_torch_best, table=a.table)
-      if a.only:
-        want = set(a.only.split(','))
-        cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
-      if a.repeats:
-        cases = [c[:5] + (a.repeats,) + c[6:] for c in cases]
-      if a.no_compile:
-        cases = [c[:4] + ([v for v in c[4] if vmode(v) != 'compile'],) + c[5:] for c in cases]
-      if a.dtype:
-        cases = [c[:4] + ([v for v in c[4] if v[1] == a.dtype],) + c[5:] for c in cases]
+      cases = select_cases(cases, only=a.only, repeats=a.repeats, no_compile=a.no_compile,
+                           dtype=a.dtype, variants=a.variants)
+      if not any(c[4] for c in cases):
+        sys.exit('--only / --dtype / --variants: no case is left to measure')
       def restart(fw):
         workers.pop(fw).p.kill()
         workers[fw] = Worker(fw, sys.executable if fw == 'ours' else a.torch_python, a.threads,

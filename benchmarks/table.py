@@ -1,6 +1,7 @@
 """The speed table (`run.py --table`): every cell against diffusers at its fastest, with FLOP/s.
 
     python benchmarks/table.py RUN.json [RUN2.json ...] [--flops benchmarks/flops.json] [--out T.md]
+    python benchmarks/table.py --merge EAGER.json CHANNELS_LAST.json COMPILE.json   # one cell, 3 runs
 
 Reads the results.json of one or more `run.py --table` runs (e.g. one per `--only` subset, or
 native and `--isa avx2`) and benchmarks/flops.json (`flops.py`: FLOPs per image and the
@@ -8,11 +9,15 @@ measured per-core peak), and writes a Markdown section: per cell our time on the
 (`unet(x, t)`, weights read from variables) and on the samplers' path (weights compiled in as
 constants), the fastest diffusers configuration, the ratio (target >= 1.3x, and by how much a
 missed cell falls short) and the FLOP/s as a share of the peak of the cores the run used.
+With --merge, the runs of one cell (`run.py --variants`, one diffusers configuration per run
+where two do not fit in memory) become one row: each variant's calls pooled over the runs.
 """
 
 import argparse
 import json
 import os
+
+from run import stats  # median, quartiles, ... of a variant's calls (the same as in the runs)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = 1.3
@@ -64,7 +69,7 @@ def share(flops, c, key, dtype, isa, threads):
   (load average above the run's threads x 2 after the case)."""
   loaded = c['load'][0] > 2 * threads
   s = (c.get('cpu') or c['results']).get(key)
-  if not s or not flops or (not c.get('cpu') and loaded):
+  if not s or not flops or c['model'] not in flops['flops_per_image'] or (not c.get('cpu') and loaded):
     return '–'
   per_image = flops['flops_per_image'][c['model']]['train' if c['name'] == 'train' else 'forward']
   g = per_image * c['batch'] / s['median'] / 1e9
@@ -105,6 +110,32 @@ def all_times(run):
     yield f'| {c["label"]} | ' + ' | '.join(ms(c['results'].get(n)) for n in names) + ' |'
 
 
+def merge(runs):
+  """One run whose cases are the runs' cases of the same cell (case, U-Net, batch), their
+  variants united and a variant measured in several runs pooled. The runs must share ISA and
+  threads: a cell compares variants under the same conditions."""
+  conditions = {(r.get('isa', 'native'), r['threads']) for r in runs}
+  if len(conditions) > 1:
+    raise SystemExit(f'--merge: the runs differ in ISA / threads {sorted(conditions)}')
+  cells = {}
+  for run in runs:
+    for c in run['cases']:
+      key = (c['name'], c['model'], c['batch'])
+      if key not in cells:
+        cells[key] = dict(c, results=dict(c['results']), cpu=dict(c.get('cpu') or {}),
+                          load=list(c['load']))
+        continue
+      m = cells[key]
+      for field in ('results', 'cpu'):
+        for k, st in (c.get(field) or {}).items():
+          m[field][k] = stats(m[field][k]['samples'] + st['samples']) if k in m[field] else st
+      m['load'] = [max(x, y) for x, y in zip(m['load'], c['load'])]
+  out = dict(runs[0], cases=list(cells.values()))
+  out['date'] = ', '.join(sorted({r['date'] for r in runs}))
+  out['no_compile'] = all(r.get('no_compile') for r in runs)
+  return out
+
+
 def section(runs, flops):
   L = ['| U-Net | case | batch | dtype | ISA | ours `unet(x, t)` | ours samplers\' path | '
        'fastest diffusers (config) | ratio `unet(x, t)` | ratio samplers\' | ours GFLOP/s '
@@ -139,11 +170,15 @@ def main():
   p.add_argument('runs', nargs='+', help='results.json files of run.py --table runs')
   p.add_argument('--flops', default=os.path.join(HERE, 'flops.json'))
   p.add_argument('--out', default=None, help='Markdown file (default: print)')
+  p.add_argument('--merge', action='store_true',
+                 help='the runs measured parts of the same cells: one row per cell')
   a = p.parse_args()
   runs = []
   for path in a.runs:
     with open(path) as f:
       runs.append(json.load(f))
+  if a.merge:
+    runs = [merge(runs)]
   flops = None
   if os.path.exists(a.flops):
     with open(a.flops) as f:

@@ -92,3 +92,54 @@ def test_a_variant_that_kills_its_worker_is_left_out_and_the_worker_restarted():
   with pytest.raises(RuntimeError, match='worker died'):  # without a restart hook: loud
     run.run_case({'ours': _FakeWorker(), 'diffusers': _FakeWorker(dies_on={'compile'})}, case,
                  lambda *_: None)
+
+
+def test_select_cases_keeps_the_named_cells_and_variants():
+  # The 256x256 fp32 training step is measured one diffusers configuration per run (two in
+  # one worker ran out of memory): --only picks the cell, --variants the configurations.
+  cases = run.select_cases(run.table_plan(quick=False), only='train:big256:4',
+                           variants='ours/float32,diffusers/float32/channels_last')
+  assert [(c[1], c[2], c[3]) for c in cases] == [('train', 'big256', 4)]
+  assert list(map(run.vname, cases[0][4])) == ['ours/float32', 'diffusers/float32/channels_last']
+  bf16 = run.select_cases(run.table_plan(quick=False), no_compile=True, dtype='bfloat16', repeats=1)
+  assert bf16 and all(v[1] == 'bfloat16' and run.vmode(v) != 'compile' for c in bf16 for v in c[4])
+  assert {c[5] for c in bf16} == {1}
+  assert run.select_cases(run.table_plan(quick=False), variants='ours/float16') == []
+
+
+def _table():
+  import sys
+  bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks')
+  sys.path.insert(0, bench)
+  try:
+    spec = importlib.util.spec_from_file_location('bench_table', os.path.join(bench, 'table.py'))
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+  finally:
+    sys.path.remove(bench)
+  return table
+
+
+def _run_json(results, load=1.0, isa='native', threads=2):
+  case = {'name': 'train', 'kind': 'train', 'model': 'big256', 'batch': 4, 'label': 'train big256 b4',
+          'results': {k: run.stats(v) for k, v in results.items()},
+          'cpu': {k: run.stats(v) for k, v in results.items()}, 'load': [load, load, load]}
+  return {'isa': isa, 'threads': threads, 'date': '2026-12-03 15:00', 'cases': [case]}
+
+
+def test_table_merges_the_runs_of_one_cell_into_one_row():
+  table = _table()
+  eager = _run_json({'ours/float32': [20.0, 22.0], 'diffusers/float32': [70.0, 72.0]})
+  cl = _run_json({'diffusers/float32/channels_last': [50.0, 52.0]}, load=1.5)
+  comp = _run_json({'ours/float32': [21.0, 23.0], 'diffusers/float32/compile': [44.0, 46.0]})
+  merged = table.merge([eager, cl, comp])
+  (case,) = merged['cases']
+  assert set(case['results']) == {'ours/float32', 'diffusers/float32',
+                                  'diffusers/float32/channels_last', 'diffusers/float32/compile'}
+  assert case['results']['ours/float32']['samples'] == [20.0, 22.0, 21.0, 23.0]  # pooled
+  assert case['results']['ours/float32']['median'] == 21.5
+  assert case['load'][0] == 1.5
+  (row,) = table.cells(merged, None)
+  assert row['torch'] == '45.00 s (torch.compile)' and row['r_plain'] == '**2.09×**'
+  with pytest.raises(SystemExit, match='differ in ISA'):
+    table.merge([eager, _run_json({'diffusers/float32': [1.0]}, isa='avx2')])
