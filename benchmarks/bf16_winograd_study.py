@@ -81,10 +81,8 @@ def rounding(channels=(64, 128), size=16, seed=0):
           f'   F(4x4,3x3) bf16 {f43:.2e} ({f43 / direct:.1f}x)', flush=True)
 
 
-def speed(threads, shapes=((4, 32, 128), (4, 16, 256), (16, 32, 128), (16, 16, 256), (16, 8, 256))):
+def speed(shapes=((4, 32, 128), (4, 16, 256), (16, 32, 128), (16, 16, 256), (16, 8, 256))):
   import tensorflow as tf
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
-  tf.config.threading.set_inter_op_parallelism_threads(threads)
 
   def median_ms(f, n=15):
     f(), f()
@@ -108,13 +106,11 @@ def speed(threads, shapes=((4, 32, 128), (4, 16, 256), (16, 32, 128), (16, 16, 2
           flush=True)
 
 
-def weight_gradient(threads, shapes=((16, 32, 128), (16, 16, 256), (16, 8, 256), (64, 32, 128))):
+def weight_gradient(shapes=((16, 32, 128), (16, 16, 256), (16, 8, 256), (64, 32, 128))):
   import sys
   import tensorflow as tf
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from diffusion_tf import nn
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
-  tf.config.threading.set_inter_op_parallelism_threads(threads)
   lib = nn.fused_kernels_lib()
   if lib is None:
     print('no fused kernels (compiler missing or DIFFUSION_TF_FUSED_OPS=0): skipped')
@@ -154,12 +150,15 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--threads', type=int, default=1)
   a = p.parse_args()
+  import tensorflow as tf
+  tf.config.threading.set_intra_op_parallelism_threads(a.threads)  # once, before TF starts
+  tf.config.threading.set_inter_op_parallelism_threads(a.threads)
   print('Relative L2 error against a float64 direct convolution (16x16 image, 32 output channels):')
   rounding()
   print(f'Batched MatMul against the direct convolution, {a.threads} thread(s), median of 15:')
-  speed(a.threads)
+  speed()
   print(f'Weight gradient of a 3x3 convolution from bf16 activations, {a.threads} thread(s), median of 9:')
-  weight_gradient(a.threads)
+  weight_gradient()
 
 
 if __name__ == '__main__':

@@ -177,8 +177,9 @@ def select_cases(cases, only=None, repeats=None, no_compile=False, dtype=None, v
     cases = [c for c in cases if f'{c[1].split(":")[0]}:{c[2]}:{c[3]}' in want]
   if repeats:
     cases = [c[:5] + (repeats,) + c[6:] for c in cases]
+  names = set(variants.split(',')) if variants else None
   keep = lambda v: ((not no_compile or vmode(v) != 'compile') and (not dtype or v[1] == dtype)
-                    and (not variants or vname(v) in variants.split(',')))
+                    and (names is None or vname(v) in names))
   cases = [c[:4] + ([v for v in c[4] if keep(v)],) + c[5:] for c in cases]
   return [c for c in cases if c[4]]
 
@@ -768,7 +769,7 @@ def main():
                    vs_torch_best=a.vs_torch_best, table=a.table)
       cases = select_cases(cases, only=a.only, repeats=a.repeats, no_compile=a.no_compile,
                            dtype=a.dtype, variants=a.variants)
-      if not any(c[4] for c in cases):
+      if not cases:
         sys.exit('--only / --dtype / --variants: no case is left to measure')
       def restart(fw):
         workers.pop(fw).p.kill()
