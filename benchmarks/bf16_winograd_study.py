@@ -18,6 +18,10 @@ fp32 one (docs/performance.md). Two questions decide a bf16 Winograd path:
    Conv2DBackpropFilter against our float32 Winograd weight gradient computed from the same
    bf16 activations and output gradients (cast up, tiles, one batched MatMul, G^T . G), with
    both errors against TF's float32 direct weight gradient.
+
+Outcome (benchmarks/RESULTS.md): 3 became the bf16 step's filter gradient (nn.conv3x3_bf16);
+F(2x2, 3x3) in bf16, built end to end, ran no faster than the direct convolution once its
+tile transforms were counted, so the bf16 forward pass stays direct.
 """
 
 import argparse

@@ -221,6 +221,8 @@ class Conv2D(tf.Module):
     lib = self._winograd_lib(x)
     if lib is not None:
       b = self.b if self.b is not None else tf.zeros([self.W.shape[-1]])
+      if x.dtype == tf.bfloat16:
+        return conv3x3_bf16(x, read_weight(self.W, tf.float32), read_weight(b, tf.float32), lib)
       return conv3x3_winograd(x, read_weight(self.W, x.dtype), read_weight(b, x.dtype), lib)
     y = tf.nn.conv2d(x, read_weight(self.W, x.dtype), strides=self.stride, padding=self.pad)
     # BiasAdd lets the graph optimizer emit one fused Conv2D+BiasAdd(+Add) oneDNN kernel
@@ -228,9 +230,11 @@ class Conv2D(tf.Module):
     return y if self.b is None else tf.nn.bias_add(y, read_weight(self.b, x.dtype))
 
   def _winograd_lib(self, x):
-    """The fused kernels if this call should run as a Winograd convolution, else None."""
+    """The fused kernels if this call should run as a Winograd convolution (bfloat16: only its
+    filter gradient, see `conv3x3_bf16`), else None."""
     fh, fw, cin, cout = self.W.shape
-    if ((fh, fw) != (3, 3) or self.stride != 1 or self.pad != 'SAME' or x.dtype != tf.float32
+    if ((fh, fw) != (3, 3) or self.stride != 1 or self.pad != 'SAME'
+        or x.dtype not in (tf.float32, tf.bfloat16)
         or min(cin, cout) < WINOGRAD_MIN_CHANNELS or x.shape.rank != 4):
       return None
     n, h, w = x.shape[:3]
@@ -281,16 +285,15 @@ def conv3x3_winograd(x, w, b, lib):
   """``bias_add(conv2d(x, w, 1, 'SAME'), b)`` for float32 NHWC x as a Winograd F(4x4, 3x3)
   convolution, with its gradient (`lib`: the fused kernels).
 
-  The 36 channel products run as one batched MatMul ([36, tiles, in] @ [36, in, out]),
-  2.25x fewer multiplications than the direct convolution; forward + backward of the
-  CIFAR-10 U-Net's convolutions is 1.3-2.1x faster than TF's (oneDNN) on CPU at batch 16.
+  The 36 channel products per 16 output pixels (direct: 9 per pixel, 4x as many) run as one
+  batched MatMul ([36, tiles, in] @ [36, in, out]); forward + backward of the CIFAR-10
+  U-Net's convolutions is 1.3-2.1x faster than TF's (oneDNN) on CPU at batch 16.
   Rounding: relative error ~1e-5 of the output's scale (direct: ~1e-6; a TPU's default
   float32 convolution, bfloat16 passes, ~1e-3).
   The gradient recomputes the input tiles from x rather than keeping them from the
   forward pass (they are 2.25x the size of x).
   """
   height, width = x.shape[1], x.shape[2]
-  cin, cout = w.shape[2], w.shape[3]
 
   @tf.custom_gradient
   def _conv(x, w, b):
@@ -302,12 +305,49 @@ def conv3x3_winograd(x, w, b, lib):
       dm = lib.diffusion_winograd_output_grad(dy)
       dx = lib.diffusion_winograd_input_grad(tf.matmul(dm, u, transpose_b=True),
                                              height=height, width=width)
-      with tf.control_dependencies([dy]):  # recompute in the backward pass, not before
-        v = lib.diffusion_winograd_input(tf.identity(x))
-      du = tf.reshape(tf.matmul(v, dm, transpose_a=True), [36, cin * cout])
-      dw = tf.reshape(tf.matmul(tf.constant(_WINOGRAD_GG, du.dtype), du, transpose_a=True),
-                      [3, 3, cin, cout])
-      return dx, dw, tf.reduce_sum(dy, [0, 1, 2])
+      return dx, _winograd_filter_grad(x, dm, lib), tf.reduce_sum(dy, [0, 1, 2])
+
+    return y, grad
+
+  return _conv(x, w, b)
+
+
+def _winograd_filter_grad(x, dm, lib):
+  """dL/dw [3, 3, in, out] of the 3x3 'SAME' convolution of float32 x [N, H, W, in], from the
+  output gradient's transposed F(4x4, 3x3) tiles dm [36, T, out]: x's tiles, recomputed in the
+  backward pass (2.25x x's size: not kept from the forward pass), times dm, then G^T . G."""
+  cin, cout = x.shape[-1], dm.shape[-1]
+  with tf.control_dependencies([dm]):  # recompute in the backward pass, not before
+    v = lib.diffusion_winograd_input(tf.identity(x))
+  du = tf.reshape(tf.matmul(v, dm, transpose_a=True), [36, cin * cout])
+  return tf.reshape(tf.matmul(tf.constant(_WINOGRAD_GG, du.dtype), du, transpose_a=True),
+                    [3, 3, cin, cout])
+
+
+def conv3x3_bf16(x, w, b, lib):
+  """``bias_add(conv2d(x, w, 1, 'SAME'), b)`` for bfloat16 NHWC x and float32 w [3, 3, in, out]
+  and b [out] (cast to bf16), with its gradient (`lib`: the fused kernels).
+
+  The forward pass and dx are oneDNN's direct bf16 convolutions; the filter gradient is the
+  float32 Winograd one (`_winograd_filter_grad`) of the bf16 activations and output gradient
+  cast up: 1.07-1.50x faster than oneDNN's bf16 filter gradient on an AMD Zen 4 and exact to
+  ~5e-6 instead of ~2e-3 (benchmarks/bf16_winograd_study.py). dw and db are float32, as the
+  float32 master weights want them (TF's bf16 bias gradient sums in bf16: ~1e-2 off).
+  A bf16 Winograd forward pass does not pay: F(4x4, 3x3) rounds 11x worse than direct bf16,
+  F(2x2, 3x3) runs no faster (benchmarks/RESULTS.md).
+  """
+
+  @tf.custom_gradient
+  def _conv(x, w, b):
+    wb = tf.cast(w, x.dtype)
+    y = tf.nn.bias_add(tf.nn.conv2d(x, wb, 1, 'SAME'), tf.cast(b, x.dtype))
+
+    def grad(dy):
+      dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=wb, out_backprop=dy,
+                                          strides=[1, 1, 1, 1], padding='SAME')
+      dy32 = tf.cast(dy, tf.float32)
+      dw = _winograd_filter_grad(tf.cast(x, tf.float32), lib.diffusion_winograd_output_grad(dy32), lib)
+      return dx, dw, tf.reduce_sum(dy32, [0, 1, 2])
 
     return y, grad
 

@@ -1,4 +1,5 @@
-"""Tests for the Winograd F(4x4, 3x3) convolution (nn.conv3x3_winograd, ops/winograd_op.cc).
+"""Tests for the Winograd F(4x4, 3x3) convolution (nn.conv3x3_winograd, ops/winograd_op.cc)
+and the bfloat16 convolution whose filter gradient it computes (nn.conv3x3_bf16).
 
 The reference is TF's direct convolution in float64; the Winograd path runs in float32.
 """
@@ -50,6 +51,38 @@ def test_winograd_conv_value_and_gradients_match_direct_convolution(n, h, w, cin
       assert err < 5e-5, (name, err)
 
 
+@pytest.mark.parametrize('n,h,w,cin,cout', [(2, 7, 9, 20, 33), (2, 16, 16, 64, 64)])
+def test_bfloat16_conv_is_the_direct_one_with_float32_filter_gradients(n, h, w, cin, cout):
+  """nn.conv3x3_bf16: y and dy/dx are oneDNN's bf16 convolution's own; dy/dw and dy/db, which
+  go to float32 master weights, are the float32 gradients of the bf16 x and dy given (within
+  5e-5 of float64), where TF's bf16 gradients are ~1e-3 (dw) and ~1e-2 (db) off."""
+  rng = np.random.default_rng(n * 1000 + h * 10 + cin)
+  bf16 = lambda a: tf.cast(tf.constant(a, tf.float32), tf.bfloat16)
+  x, dy = bf16(rng.normal(size=(n, h, w, cin))), bf16(rng.normal(size=(n, h, w, cout)))
+  wt = tf.constant(rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin), tf.float32)
+  b = tf.constant(rng.normal(size=cout), tf.float32)
+  lib = ops.fused_lib()
+
+  def value_and_grads(conv):
+    with tf.GradientTape() as tape:
+      tape.watch([x, wt, b])
+      y = conv(x, wt, b)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.cast(dy, tf.float32))
+    return [y, *tape.gradient(loss, [x, wt, b])]
+
+  got = value_and_grads(lambda x, w, b: nn.conv3x3_bf16(x, w, b, lib))
+  tf_bf16 = value_and_grads(lambda x, w, b: _direct(x, tf.cast(w, tf.bfloat16), tf.cast(b, tf.bfloat16)))
+  assert [g.dtype for g in got] == [tf.bfloat16, tf.bfloat16, tf.float32, tf.float32]
+  for name, g, d in zip(('y', 'dx'), got, tf_bf16):
+    np.testing.assert_array_equal(g.numpy().astype(np.float32), d.numpy().astype(np.float32), name)
+  f64 = lambda t: tf.cast(t, tf.float64)
+  ref = _value_and_grads(_direct, f64(x), f64(tf.cast(wt, tf.bfloat16)), f64(tf.cast(b, tf.bfloat16)), f64(dy))
+  for name, g, d, r in zip(('dw', 'db'), got[2:], tf_bf16[2:], ref[2:]):
+    scale = np.abs(r).max()
+    assert np.abs(g.numpy().astype(np.float64) - r).max() / scale < 5e-5, name
+    assert np.abs(d.numpy().astype(np.float64) - r).max() / scale > 1e-4, name  # what it improves on
+
+
 def _conv_op_types(layer, x):
   def f(x):
     with tf.GradientTape() as tape:
@@ -77,13 +110,17 @@ def test_conv2d_layer_runs_winograd_only_where_it_applies():
       (nn.Conv2D(3, 32, name='wino/rgb_in'), tf.zeros([4, 8, 8, 3])),
       (nn.Conv2D(32, 3, name='wino/rgb_out'), x),
       (conv, tf.zeros([1, 4, 4, 32])),  # one tile: the filter transform would dominate
-      (conv, tf.zeros([4, 8, 8, 32], tf.bfloat16)),
   ]
   for layer, inp in direct_cases:
     assert not _WINOGRAD_OPS & _conv_op_types(layer, inp), layer.name
+  # bfloat16: direct forward and input gradient, the filter gradient by the float32 tiles.
+  bf16_ops = _conv_op_types(conv, tf.zeros([4, 8, 8, 32], tf.bfloat16))
+  assert {'Conv2D', 'Conv2DBackpropInput'} <= bf16_ops
+  assert _WINOGRAD_OPS & bf16_ops == {'DiffusionWinogradInput', 'DiffusionWinogradOutputGrad'}
   for switch in (nn.winograd, nn.fused_kernels):
     with switch(False):
-      assert not _WINOGRAD_OPS & _conv_op_types(conv, x)
+      for inp in (x, tf.cast(x, tf.bfloat16)):
+        assert not _WINOGRAD_OPS & _conv_op_types(conv, inp)
 
 
 def test_conv2d_layer_winograd_matches_direct_with_unknown_batch_or_size():

@@ -2,8 +2,8 @@
 // CPU (Lavin & Gray 2016). A convolution becomes
 //   y = A^T [ (G w G^T) ⊙ (B^T d B) ] A
 // on 6x6 input tiles d taken every 4 pixels (4x4 output tiles): 36 independent channel
-// matrix products (TF's batched MatMul, between the kernels here) instead of 9 per output
-// pixel, 2.25x fewer multiplications. The four kernels are the two transforms and their
+// matrix products (TF's batched MatMul, between the kernels here) per 16 output pixels instead
+// of 9 per pixel, 4x fewer multiplications. The four kernels are the two transforms and their
 // transposes (for the gradient); the filter transform G w G^T is a small matmul in Python
 // (diffusion_tf/nn.py). Everything is float32.
 //
