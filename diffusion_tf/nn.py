@@ -267,8 +267,9 @@ def winograd(enabled):
 
   By default they do where the fused CPU kernels apply (see `fused_kernels_lib`): float32,
   stride 1, 'SAME', at least `WINOGRAD_MIN_CHANNELS` channels in and out and
-  `WINOGRAD_MIN_TILES` 4x4 output tiles per call. Turn it off to get TF's direct
-  convolution (its rounding is ~5x smaller; see `conv3x3_winograd`).
+  `WINOGRAD_MIN_TILES` 4x4 output tiles per call; in bfloat16 only their filter gradient
+  (`conv3x3_bf16`). Turn it off to get TF's direct convolution (its rounding is ~5x smaller;
+  see `conv3x3_winograd`).
   """
   with _setting('winograd', bool(enabled)):
     yield
@@ -346,7 +347,8 @@ def conv3x3_bf16(x, w, b, lib):
       dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=wb, out_backprop=dy,
                                           strides=[1, 1, 1, 1], padding='SAME')
       dy32 = tf.cast(dy, tf.float32)
-      dw = _winograd_filter_grad(tf.cast(x, tf.float32), lib.diffusion_winograd_output_grad(dy32), lib)
+      dm = lib.diffusion_winograd_output_grad(dy32)
+      dw = _winograd_filter_grad(tf.cast(x, tf.float32), dm, lib)
       return dx, dw, tf.reduce_sum(dy32, [0, 1, 2])
 
     return y, grad
